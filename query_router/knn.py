@@ -133,6 +133,8 @@ def load_manifest(path, # artifact folder
 def check_embedder(m:dict, emb:Embedder, path=''):
     "Refuse an embedder that is not the one the artifact was built with."
     want = m['embedder']
+    kind, built = getattr(emb, 'kind', 'transformer'), want.get('kind', 'transformer') # manifests from before static embedders: transformer
+    if kind != built: raise ArtifactError(f"{path}: built with a {built} embedder ({want['name']}), {emb.name!r} is a {kind} embedder (embedder kind mismatch)")
     if emb.dim != want['dim']: raise ArtifactError(f"{path}: built with a {want['dim']}-d embedder ({want['name']}), model {emb.name!r} makes {emb.dim}-d vectors (dimension mismatch)")
     fp = np.array(emb.fingerprint); ref = np.array(want['fingerprint'])
     if np.abs(fp - ref).max() > 0.02: raise ArtifactError(f"{path}: built with embedder {want['name']!r}; {emb.name!r} embeds differently (fingerprint mismatch)")
@@ -154,7 +156,7 @@ class KNNRouter(Router):
                  k:int|None=None, # neighbours (default: the manifest's, 10)
                  exact:bool=False, # brute-force search instead of Annoy
                  verify:bool=True, # check file checksums on load
-                 search_k:int=-1, # Annoy's search_k (-1: n_trees * k)
+                 search_k:int|None=None, # Annoy nodes to inspect per query (default 4 · n_trees · k; -1 is Annoy's n_trees · k)
                 ):
         from annoy import AnnoyIndex
         self.path = Path(path)
@@ -184,7 +186,8 @@ class KNNRouter(Router):
             sims = q @ self.point_embeddings.T
             idx = np.argsort(-sims, axis=1, kind='stable')[:, :k]
             return idx, np.take_along_axis(sims, idx, 1)
-        res = [self.index.get_nns_by_vector(v, k, search_k=self.search_k, include_distances=True) for v in q]
+        sk = self.search_k if self.search_k is not None else 4 * self.manifest['n_trees'] * k
+        res = [self.index.get_nns_by_vector(v, k, search_k=sk, include_distances=True) for v in q]
         idx = np.array([r[0] for r in res]); d = np.array([r[1] for r in res])
         return idx, 1 - d**2 / 2
     def neighbours(self, queries:list[str], k:int|None=None)->tuple:
@@ -199,7 +202,7 @@ class KNNRouter(Router):
         return hits, scores
     def describe(self)->dict:
         m = self.manifest
-        return {'router': 'knn', 'model': m['embedder']['name'], 'dim': m['dim'], 'points': m['n_points'], 'k': self.k, 'exact': self.exact,
+        return {'router': 'knn', 'model': m['embedder']['name'], 'embedder': m['embedder'].get('kind', 'transformer'), 'dim': m['dim'], 'points': m['n_points'], 'k': self.k, 'exact': self.exact,
                 'targets': [{'name': t['name'], 'cost': t['cost']} for t in m['targets']], 'artifact_version': m['format_version'],
                 'created': m['created'], 'path': str(self.path)}
     def __repr__(self): return f"KNNRouter({str(self.path)!r}, {len(self.meta)} points, k={self.k}, targets={self.targets})"
