@@ -79,6 +79,7 @@ class Metrics:
 def make_app(router:Router,
              max_body:int=1 << 16, # bytes; larger bodies get 413
              max_batch:int=256, # queries per /batch request
+             backends=None, # backends file, dict or `ProxyConfig`: also serve OpenAI's /v1/chat/completions and /v1/models (see 10_proxy)
             ):
     "A FastAPI app serving `router`."
     from fastapi import FastAPI, Request
@@ -131,6 +132,9 @@ def make_app(router:Router,
 
     @app.get('/metrics')
     def prometheus(): return Response(metrics.text(), media_type='text/plain; version=0.0.4')
+    if backends is not None:
+        from query_router.proxy import mount_proxy
+        mount_proxy(app, router, backends, lock=lock)
     return app
 
 # %% ../nbs/05_serve.ipynb #04dd9fde
@@ -161,9 +165,10 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               k:int=None, # neighbours for the KNN router (default: the manifest's)
               max_body:int=65536, # largest request body in bytes
               max_batch:int=256, # most queries in one /batch request
+              backends:str=None, # backends file (YAML or JSON): also serve an OpenAI-compatible routing proxy at /v1
              ):
     "Serve a router over HTTP."
     import uvicorn
     r = load_router(artifacts, router, **({'k': k} if k else {}))
     print(f"serving {r!r} on http://{host}:{port}", flush=True)
-    uvicorn.run(make_app(r, max_body, max_batch), host=host, port=port, log_level='info')
+    uvicorn.run(make_app(r, max_body, max_batch, backends=backends), host=host, port=port, log_level='info')
