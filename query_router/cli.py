@@ -13,6 +13,11 @@ from fastcore.script import anno_parser
 COMMANDS = {
     'build': ('query_router.knn', 'build_cli', 'build a KNN router artifact folder'),
     'serve': ('query_router.serve', 'serve_cli', 'serve a router over HTTP'),
+    'finetune': ('query_router.finetune', 'finetune_cli', 'fine-tune the embedding model on routing labels and measure KNN routing before/after'),
+    'distill': ('query_router.distill', 'distill_cli', 'distil a sentence-transformers model into a fast static (model2vec) embedder'),
+    'train-classifier': ('query_router.classifier', 'train_classifier_cli', 'fine-tune a classification router (LoRA on a causal LM or an encoder)'),
+    'evaluate': ('query_router.evaluate', 'evaluate_cli', 'compare routers and baselines: quality, cost, AIQ, APGR, latency, size (JSON, Markdown, PNG)'),
+    'calibrate': ('query_router.evaluate', 'calibrate_cli', "pick the policy parameter that meets a budget or quality floor; save it as an artifact's default"),
 }
 
 def _usage()->str:
