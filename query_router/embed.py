@@ -102,6 +102,7 @@ class Embedder:
                  device:str='cpu', batch_size:int=64):
         if model is None or model == BUNDLED: model = BUNDLED if default_model_path() != DEFAULT_HUB_MODEL else DEFAULT_HUB_MODEL
         self.name = str(model) if isinstance(model, (str, Path)) else getattr(model, 'name_or_path', None) or type(model).__name__
+        if isinstance(model, (str, Path)) and self.name != BUNDLED and os.path.isdir(self.name): self.name = str(Path(self.name).resolve()) # a relative path breaks when loaded from elsewhere
         if isinstance(model, (str, Path)):
             where = default_model_path() if self.name == BUNDLED else self.name
             if not os.path.exists(where) and os.environ.get('HF_HUB_OFFLINE') == '1':

@@ -137,7 +137,7 @@ def check_embedder(m:dict, emb:Embedder, path=''):
     if kind != built: raise ArtifactError(f"{path}: built with a {built} embedder ({want['name']}), {emb.name!r} is a {kind} embedder (embedder kind mismatch)")
     if emb.dim != want['dim']: raise ArtifactError(f"{path}: built with a {want['dim']}-d embedder ({want['name']}), model {emb.name!r} makes {emb.dim}-d vectors (dimension mismatch)")
     fp = np.array(emb.fingerprint); ref = np.array(want['fingerprint'])
-    if np.abs(fp - ref).max() > 0.02: raise ArtifactError(f"{path}: built with embedder {want['name']!r}; {emb.name!r} embeds differently (fingerprint mismatch)")
+    if np.abs(fp - ref).max() > 0.002: raise ArtifactError(f"{path}: built with embedder {want['name']!r}; {emb.name!r} embeds differently (fingerprint mismatch)")
 
 # %% ../nbs/04_knn.ipynb #2f5afd70
 def knn_scores(sims:np.ndarray, # (n, k) similarities of the hits
