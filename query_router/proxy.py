@@ -874,14 +874,16 @@ class AsyncRouterClient(_ClientCore):
     async def __aexit__(self, *a): await self.aclose()
 
 # %% ../nbs/10_proxy.ipynb #90bfe4b3
-def _gzip(pieces:list, pad:bytes=b'', pad_n:int=0, lead:bytes=b'')->list:
-    "`pieces` gzip-compressed so that each can be sent (and decoded) as it comes, after `lead` and `pad` repeated `pad_n` times."
-    co, out = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS), []
-    if pad_n:
-        out.append(co.compress(lead))
-        block = pad * (1 << 20)
-        head = b''.join(co.compress(block) for _ in range(pad_n >> 20)) + co.compress(pad * (pad_n & ((1 << 20) - 1)))
-        out[-1] += head + co.flush(zlib.Z_SYNC_FLUSH)
+def _gzip_head(pad:bytes=b'', pad_n:int=0, lead:bytes=b'')->tuple:
+    "A gzip compressor that has already compressed `lead` and `pad` repeated `pad_n` times, and those compressed bytes."
+    co = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = pad * (1 << 20) if pad_n >= 1 << 20 else b''
+    head = co.compress(lead) + b''.join(co.compress(block) for _ in range(pad_n >> 20)) + co.compress(pad * (pad_n & ((1 << 20) - 1)))
+    return co, head + co.flush(zlib.Z_SYNC_FLUSH)
+
+def _gzip(pieces:list, head:tuple|None=None)->list:
+    "`pieces` gzip-compressed so that each can be sent (and decoded) as it comes, after a `_gzip_head`."
+    co, out = (head[0].copy(), [head[1]]) if head else (zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS), [])
     out += [co.compress(p) + co.flush(zlib.Z_SYNC_FLUSH) for p in pieces]
     out[-1] += co.flush()
     return out
@@ -903,10 +905,12 @@ class MockBackend:
                 ):
         self.name, self.mode, self.chunks, self.delay, self.hang, self.size = name, mode, chunks, delay, hang, size
         self.requests, self.produced, self.gone = [], [], []
+        if mode == 'bomb': self.reset(mode)
     def reset(self, mode:str='ok', **kw):
         assert mode in self.MODES, mode
         self.mode, self.requests, self.produced, self.gone = mode, [], [], []
         for k, v in kw.items(): setattr(self, k, v)
+        if mode == 'bomb': self._bombs = {False: _gzip_head(b' ', self.size), True: _gzip_head(b' ', self.size, b':')} # compressed once, here
         return self
     def answer(self, body:dict)->str:
         return f"{self.name} answers: " + message_text(body['messages'][-1])[:60]
@@ -957,7 +961,7 @@ class MockBackend:
             if m == 'gzip': headers['content-encoding'], pieces = 'gzip', _gzip(pieces)
             if m == 'bomb': # `size` bytes of blanks (JSON whitespace, or an SSE comment), then the answer
                 headers['content-encoding'] = 'gzip'
-                pieces = _gzip([b'\n\n'] + pieces, b' ', self.size, lead=b':') if stream else _gzip(pieces, b' ', self.size)
+                pieces = _gzip([b'\n\n'] + pieces if stream else pieces, self._bombs[stream])
             async def gen():
                 done = False
                 try:
