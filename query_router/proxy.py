@@ -225,7 +225,7 @@ def routing_text(messages:list, route_on:str='last_user', last_n:int=4)->str:
     return text
 
 # %% ../nbs/10_proxy.ipynb #0548f4a5
-MAX_DEPTH, MAX_DIGITS = 64, 30 # deepest nesting of a request body; longest integer literal in it
+MAX_DEPTH, MAX_DIGITS = 32, 100 # deepest nesting of a request body; longest integer literal in it (as the server's own check)
 _SURROGATE = re.compile('[\ud800-\udfff]')
 _SURROGATE_ESCAPE = re.compile(r'\\u[dD][89a-fA-F][0-9a-fA-F]{2}')
 
@@ -455,6 +455,12 @@ class Proxy:
         if self.score is not None: return np.asarray(await self.score([text]), dtype=float)[0]
         return await anyio.to_thread.run_sync(self._score_sync, text)
 
+    def _decide(self, served:np.ndarray, policy:str, param:float|None)->int:
+        "Index of the chosen target among the served ones: the router's own decision rule (margin rule included) when it has one."
+        rule = getattr(self.router, 'decide_batch', None)
+        if rule is not None: return int(rule(served[None], policy, param, costs=self.costs)[0])
+        return int(decide(served, policy, param, self.costs)[0])
+
     def plan(self, first:str, fallback:bool=True)->list:
         "Targets to try: `first`, then the more expensive ones, `max_tries` in all."
         return (self.targets[self.targets.index(first):] if fallback else [first])[:self.cfg.max_tries]
@@ -471,7 +477,7 @@ class Proxy:
         s = await self._scores(text)
         ms = (time.perf_counter() - t0) * 1000
         served = s[self.cols]
-        i = int(decide(served, policy, param, self.costs)[0])
+        i = self._decide(served, policy, param)
         chosen, margin = self.targets[i], route_margin(served, i, policy, param, self.costs)
         if self.metrics is not None:
             self.metrics.routes.labels(chosen).inc()
@@ -617,9 +623,10 @@ class Proxy:
             if not done: self._count(b.target, 'client_gone')
             with anyio.CancelScope(shield=True): await resp.aclose()
 
-    def _observe(self, status:int, t0:float, gone:bool=False):
-        if self.metrics is None: return
-        if gone and callable(getattr(self.metrics, 'disconnect', None)): self.metrics.disconnect('/v1/chat/completions')
+    def _observe(self, request, status:int, t0:float, gone:bool=False):
+        "Count what was sent (a client that left apart), unless the app's middleware counts every response itself."
+        if self.metrics is None or 'query_router.gone' in request.scope: return
+        if gone and hasattr(self.metrics, 'disconnects'): self.metrics.disconnects.labels('/v1/chat/completions').inc()
         else: self.metrics.observe('/v1/chat/completions', 499 if gone else status, time.perf_counter() - t0)
 
     async def handle(self, request):
@@ -649,7 +656,7 @@ class Proxy:
             if gone:
                 if 'answer' in out: await out['answer'].aclose()
                 self._count(route.plan[min(len(route.failures), len(route.plan) - 1)], 'client_gone')
-                self._observe(499, t0, gone=True)
+                self._observe(request, 499, t0, gone=True)
                 return Response(status_code=499)
             if 'error' in out: raise out['error']
             a = out['answer']
@@ -658,7 +665,7 @@ class Proxy:
         except Exception as e:
             msg = self.redactor().text(f'internal error: {type(e).__name__}: {e}')
             resp = JSONResponse({'error': {'message': msg, 'type': 'server_error', 'param': None, 'code': None}}, 500)
-        self._observe(resp.status_code, t0)
+        self._observe(request, resp.status_code, t0)
         return resp
 
     def models(self)->dict:
@@ -769,7 +776,8 @@ class _ClientCore:
                  score=None, # async scoring callable (default: `router.score_batch` in a thread)
                  **load_kw): # passed to `load_router` when `router` is a path
         if isinstance(router, (str, Path)):
-            from query_router.serve import load_router
+            try: from query_router.artifacts import load_router
+            except ImportError: from query_router.serve import load_router
             router = load_router(router, **load_kw)
         self.router = router
         self.proxy = Proxy(router, ProxyConfig({}, source='RouterClient') if backends is None else _config(backends, router), score=score)
