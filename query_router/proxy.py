@@ -899,13 +899,14 @@ def _gzip(pieces:list, head:tuple|None=None)->list:
 class MockBackend:
     "An OpenAI-compatible chat backend that answers, streams, fails, hangs or misbehaves on purpose."
     MODES = ('ok', '500', '400', 'hang', 'stall', 'die', 'headers_stall', 'drip', 'gzip', 'bomb', 'big', 'big_error',
-             'echo_key', 'echo_key_500', 'leak_key', 'cookies')
+             'echo_key', 'echo_key_500', 'leak_key', 'cookies', 'redirect')
     def __init__(self, name:str, # what it calls itself in answers
                  mode:str='ok', # one of MODES: ok | 500 | 400 | hang (before its status line) | stall (after the first streamed chunk) |
                                 # die (drop the stream after it) | headers_stall (status and headers, then nothing for `hang` s) |
                                 # drip (the answer a byte every `delay` s) | gzip | bomb (gzip inflating to `size` bytes) |
                                 # big (an answer of `size` bytes) | big_error (a 400 of `size` bytes) | echo_key (a 401 echoing the key) |
-                                # echo_key_500 | leak_key (an answer containing the key) | cookies (set-cookie, CORS, Location)
+                                # echo_key_500 | leak_key (an answer containing the key) | cookies (set-cookie, CORS, Location) |
+                                # redirect (a 307 to an internal address)
                  chunks:int=4, # content chunks in a streamed answer
                  delay:float=0.0, # seconds between streamed chunks (or dripped bytes)
                  hang:float=3.0, # seconds a hang or stall lasts
@@ -955,6 +956,7 @@ class MockBackend:
             if m == 'echo_key': return JSONResponse({'error': {'message': f'Incorrect API key provided: {key}', 'type': 'invalid_request_error',
                                                                'code': 'invalid_api_key'}}, 401, headers={'x-echo': f'got {key}', 'www-authenticate': 'Bearer'})
             if m == 'echo_key_500': return JSONResponse({'error': {'message': f'upstream refused the key {key}'}}, 500)
+            if m == 'redirect': return Response(status_code=307, headers={'location': 'http://10.0.0.7/internal/v1/chat/completions'})
             if m == 'big_error': return Response(b'{"error": {"message": "' + b'x' * self.size + b'"}}', 400, media_type='application/json')
             if m == 'hang' and not await self._wait(request, self.hang): return Response(status_code=499)
             stream = body.get('stream') is True

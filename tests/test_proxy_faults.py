@@ -87,6 +87,14 @@ def test_a_5xx_before_any_answer_still_falls_back(router, backends):
     with proxy_server(router, config(urls)) as c: r = post(c, chat(model='router-threshold-0'))
     assert (r.status_code, r.headers['x-route-target']) == (200, '7B')
 
+def test_a_redirect_is_not_an_answer_and_its_location_is_not_shown(router, backends):
+    mocks, urls = backends
+    mocks['3B'].reset('redirect')
+    with proxy_server(router, config(urls)) as c: r = post(c, chat(model='router-threshold-0'))
+    assert (r.status_code, r.headers['x-route-target']) == (200, '7B')
+    assert json.loads(r.headers['x-route-fallbacks']) == [{'target': '3B', 'error': 'HTTP 307'}]
+    assert 'location' not in r.headers and '10.0.0.7' not in r.text + json.dumps(dict(r.headers))
+
 # One deadline per request.
 
 @pytest.mark.parametrize('stream', [False, True])
