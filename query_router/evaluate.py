@@ -808,11 +808,12 @@ def report_markdown(res:dict, title:str='Router comparison')->str:
     rr = [r for r in rows if not r.get('baseline')]
     c = m.get('calibration')
     if c:
-        out += ['', f"Calibrated points: λ of the utility policy chosen **on training data only**, from {c['on']}, aimed at {c.get('aim', 'the budget')} "
+        on = c.get('on') or f"{c['n']} held-out training queries (routers trained on {c['fit_on']})" # results written before the out-of-fold calibration have no 'on'
+        out += ['', f"Calibrated points: λ of the utility policy chosen **on training data only**, from {on}, aimed at {c.get('aim', 'the best quality within the budget')} "
                 f"of {c['budget']:.0%} of {ref}'s cost; the routers were then trained on all {c['refit_on']} training queries and applied to the test split with that λ. "
                 "`budget` is the share asked, `spent (train)` what λ spent on the calibration scores, `spent (test)` the share actually spent on the test split, "
                 "both relative to the best single candidate's cost:", '',
-                markdown_table([r for r in rr if r.get('cal_param') is not None or r.get('calibration_error')], _CAL_COLS,
+                markdown_table([{**r, 'cal_train_cost_rel': r.get('cal_train_cost_rel', r.get('cal_valid_cost_rel'))} for r in rr if r.get('cal_param') is not None or r.get('calibration_error')], _CAL_COLS,
                                ['router', 'λ', 'budget', 'spent (train)', 'spent (test)', 'quality (test)'])]
     vs = m.get('vs_baselines')
     if vs and m.get('simple_baselines'):
