@@ -972,18 +972,7 @@ def extra_routers(embedder:Embedder|None=None, workdir=None, k:int=10,
     return out
 
 # %% ../nbs/08_evaluate.ipynb #d07915e7
-def _cols(query_col=None, id_col=None, group_col=None, label_col=None, score_cols=None, cost_cols=None, missing='error', duplicates='error', view='full')->dict:
-    "`load_routing_data` options from command-line strings (comma-separated lists; cost columns as target=column pairs)."
-    out = {'missing': missing, 'duplicates': duplicates, 'view': view}
-    for k, v in (('query_col', query_col), ('id_col', id_col), ('group_col', group_col), ('label_col', label_col)):
-        if v: out[k] = v
-    if score_cols: out['score_cols'] = [c.strip() for c in score_cols.split(',') if c.strip()]
-    if cost_cols:
-        pairs = [p.split('=', 1) for p in cost_cols.split(',') if p.strip()]
-        bad = [p for p in pairs if len(p) != 2]
-        if bad: raise ValueError(f"--cost_cols takes target=column pairs, comma-separated (e.g. 'gpt-4o=gpt-4o|total_cost'), not {cost_cols!r}")
-        out['cost_cols'] = {t.strip(): c.strip() for t, c in pairs}
-    return out
+_cols = column_options # the command-line column options, shared with `build`
 
 def load_eval_data(data:str='default', test:str|None=None, candidates:str|None=None, split:str='grouped', seed:int=0, **cols)->tuple:
     "(train, valid or None, test) for a comparison; `cols` as `load_routing_data` takes them."
