@@ -1028,6 +1028,7 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
         tr = load_llmrouter('train') if data == 'llmrouter' else load_default_dataset() if data == 'default' else load_routing_data(data, candidates, **cols)
         va = te = None
     else: tr, va, te = load_eval_data(data, test, candidates, split, seed, **cols)
+    if va is not None and calibration != 'holdout': tr, va = concat_data(tr, va), None # out-of-fold calibration uses all training data, so --max_train caps it all
     tr, te = _subsample(tr, max_train, seed), (None if te is None else _subsample(te, max_test, seed))
     bs = (budget,) + tuple(float(b) for b in budgets.split(',') if b.strip()) if budgets else (budget,)
     names = [n.strip() for n in routers.split(',')] if routers else None
