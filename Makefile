@@ -25,10 +25,15 @@ build: install
 serve: build
 	$(BIN)/query-router serve --artifacts $(ARTIFACTS) --host $(HOST) --port $(PORT)
 
+# the Ray Serve extra is for the tests (and for `query-router serve --ray`), not for `make serve`
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
+	touch $@
+
 check-sync: install
 	bash .ci/check_sync
 
-test: check-sync
+test: check-sync $(VENV)/.installed-ray
 	cd nbs && ../$(BIN)/nbdev_test --n_workers 2
 	$(BIN)/python -m pytest -q tests
 
