@@ -122,7 +122,7 @@ def main():
     try:
         for n in map(int, a.replicas.split(',')):
             t0 = time.monotonic()
-            deploy(ray_app(art, replicas=n, cpus=a.cpus, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms), port=port)
+            deploy(ray_app(art, replicas=n, cpus=a.cpus, batch_size=a.batch_size, batch_wait_ms=a.batch_wait_ms, access_log=False), port=port)
             replicas = pids_named('ray::ServeReplica:query_router:QueryRouter')
             assert len(replicas) == n, f'expected {n} replica processes, found {replicas}'
             r = measure(f'ray-serve-{n}', url, queries, a, {'replicas': replicas, 'proxy': pids_named('ray::ProxyActor')})

@@ -20,12 +20,13 @@ def deployment_options(replicas:int=1, # fixed number of replicas (the starting 
                        max_ongoing:int=64, # requests one replica accepts at once; more wait in the proxy
                        health_period:float=10.0, # seconds between health checks
                        health_timeout:float=30.0, # seconds a health check may take before the replica is replaced
+                       access_log:bool=True, # Ray Serve's per-request log lines (off for benchmarks)
                       )->dict:
     "Keyword arguments for `Deployment.options`: fixed `replicas`, or autoscaling when `min_replicas`/`max_replicas` is given."
     if cpus <= 0: raise ValueError(f"cpus per replica must be > 0, not {cpus}")
     if max_ongoing < 1: raise ValueError(f"max_ongoing must be >= 1, not {max_ongoing}")
     o = {'ray_actor_options': {'num_cpus': cpus}, 'max_ongoing_requests': max_ongoing,
-         'health_check_period_s': health_period, 'health_check_timeout_s': health_timeout}
+         'health_check_period_s': health_period, 'health_check_timeout_s': health_timeout, 'logging_config': {'enable_access_log': access_log}}
     if min_replicas is None and max_replicas is None:
         if replicas < 1: raise ValueError(f"replicas must be >= 1, not {replicas}")
         return {**o, 'num_replicas': replicas}
@@ -136,11 +137,12 @@ def router_deployment():
     class QueryRouter:
         "One replica: loads and checks the artifact, serves `make_app`'s app, embeds queries of concurrent requests in batches."
         def __init__(self, artifacts:str, kind:str|None=None, k:int|None=None, max_body:int=1 << 16, max_batch:int=256,
-                     backends=None, batch_size:int=32, batch_wait_ms:float=5.0):
+                     backends=None, batch_size:int=32, batch_wait_ms:float=5.0, batching:str='serve'):
             from query_router.serve import load_router
             ctx = serve.get_replica_context()
             self.replica, self.deployment, self.app_name = ctx.replica_id.unique_id, ctx.deployment, ctx.app_name
-            self.artifacts, self.opts = artifacts, dict(max_body=max_body, max_batch=max_batch, backends=backends)
+            self.artifacts, self.batching = artifacts, batching
+            self.opts = dict(max_body=max_body, max_batch=max_batch, backends=backends)
             self.router, self.error = None, None
             try: self.router = load_router(artifacts, kind, **({'k': k} if k else {}))
             except Exception as e: self.error = f"replica {self.replica} cannot load the router at {artifacts}: {type(e).__name__}: {e}"
@@ -153,7 +155,7 @@ def router_deployment():
             from prometheus_client.process_collector import ProcessCollector
             from query_router.serve import make_app
             app = make_app(self.router, self.opts['max_body'], self.opts['max_batch'], backends=self.opts['backends'])
-            use_batched_routes(app, self.answer, self.opts['max_body'], self.opts['max_batch'])
+            if self.batching == 'serve': use_batched_routes(app, self.answer, self.opts['max_body'], self.opts['max_batch'])
             reg = app.state.metrics.registry
             ProcessCollector(registry=reg) # process_cpu_seconds_total etc. of this replica
             Gauge('query_router_replica_info', 'The Ray Serve replica answering this scrape', ['app', 'deployment', 'replica', 'artifacts'],
@@ -189,22 +191,30 @@ def ray_app(artifacts, # artifact folder: a path every Ray node can read (a shar
             backends=None, # backends file: also serve the OpenAI-compatible proxy (the file must be readable by every node)
             batch_size:int=32, # requests whose queries one replica embeds together
             batch_wait_ms:float=5.0, # longest wait for a batch to fill
+            batching:str='serve', # 'serve': `@serve.batch` answers POST / and /batch; 'app': leave them to `make_app` (its own batching, if any)
             name:str='QueryRouter', # deployment name
             **options, # `deployment_options`: replicas, min_replicas, max_replicas, target_ongoing, cpus, max_ongoing, ...
            ):
     "The Ray Serve application (`Deployment.bind(...)`) serving the router in `artifacts`."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if batch_wait_ms < 0: raise ValueError(f"batch_wait_ms must be >= 0, not {batch_wait_ms}")
+    if batching not in ('serve', 'app'): raise ValueError(f"batching must be 'serve' or 'app', not {batching!r}")
     opts = deployment_options(**options)
     opts['max_ongoing_requests'] = max(opts['max_ongoing_requests'], batch_size)
     art = os.path.abspath(os.fspath(artifacts)) # replicas may start in another working directory
     bk = os.path.abspath(os.fspath(backends)) if isinstance(backends, (str, Path)) else backends
-    return router_deployment().options(name=name, **opts).bind(art, router, k, max_body, max_batch, bk, batch_size, batch_wait_ms)
+    return router_deployment().options(name=name, **opts).bind(art, router, k, max_body, max_batch, bk, batch_size, batch_wait_ms, batching)
 
 # %% ../nbs/12_ray_serve.ipynb #c020
+def _bool(v)->bool:
+    if isinstance(v, bool): return v
+    return {'true': True, '1': True, 'false': False, '0': False}[str(v).lower()]
+_bool.__name__ = 'true or false'
+
 _ARG_TYPES = {'artifacts': str, 'router': str, 'k': int, 'max_body': int, 'max_batch': int, 'backends': str, 'batch_size': int,
-              'batch_wait_ms': float, 'name': str, 'replicas': int, 'min_replicas': int, 'max_replicas': int, 'target_ongoing': float,
-              'cpus': float, 'max_ongoing': int, 'health_period': float, 'health_timeout': float}
+              'batch_wait_ms': float, 'batching': str, 'name': str, 'replicas': int, 'min_replicas': int, 'max_replicas': int, 'target_ongoing': float,
+              'cpus': float, 'max_ongoing': int, 'health_period': float, 'health_timeout': float,
+              'access_log': _bool}
 
 def parse_app_args(args:dict)->dict:
     "`serve run` passes `key=value` arguments as strings (a config file may pass numbers): checked and converted."
@@ -213,7 +223,7 @@ def parse_app_args(args:dict)->dict:
         if key not in _ARG_TYPES: raise ValueError(f"unknown argument {key!r}; use any of {sorted(_ARG_TYPES)}")
         if v is None or v == '': continue
         try: out[key] = _ARG_TYPES[key](v)
-        except (TypeError, ValueError): raise ValueError(f"argument {key!r} must be {_ARG_TYPES[key].__name__}, not {v!r}") from None
+        except (TypeError, ValueError, KeyError): raise ValueError(f"argument {key!r} must be {_ARG_TYPES[key].__name__}, not {v!r}") from None
     if 'artifacts' not in out: raise ValueError("missing argument 'artifacts' (the artifact folder, readable by every node)")
     return out
 
@@ -265,6 +275,8 @@ def ray_serve_cli(artifacts:str='artifacts/default', # artifact folder (from `qu
                   max_ongoing:int=64, # requests one replica takes at once
                   batch_size:int=32, # requests one replica routes in one embedding batch
                   batch_wait_ms:float=5.0, # longest wait for a batch to fill
+                  batching:str='serve', # 'serve': replicas batch with @serve.batch; 'app': make_app's own handling
+                  quiet:bool=False, # no per-request log lines
                   num_cpus:int=None, # CPUs of a local Ray instance (default: all)
                   name:str='query_router', # Serve application name (deploying again under the same name is a rolling update)
                  ):
@@ -273,8 +285,9 @@ def ray_serve_cli(artifacts:str='artifacts/default', # artifact folder (from `qu
     except ImportError: raise ValueError('Ray Serve is not installed: pip install "query_router[ray]"') from None
     if address is None and not (Path(artifacts)/'manifest.json').exists():
         raise ValueError(f"{artifacts}: not an artifact folder (no manifest.json); build one with `query-router build --out {artifacts}`")
-    app = ray_app(artifacts, router, k, max_body, max_batch, backends, batch_size, batch_wait_ms, replicas=replicas, min_replicas=min_replicas,
-                  max_replicas=max_replicas, target_ongoing=target_ongoing, cpus=cpus, max_ongoing=max_ongoing)
+    app = ray_app(artifacts, router, k, max_body, max_batch, backends, batch_size, batch_wait_ms, batching, replicas=replicas,
+                  min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing=target_ongoing, cpus=cpus, max_ongoing=max_ongoing,
+                  access_log=not quiet)
     rt = start_ray(address, num_cpus=num_cpus)
     from ray import serve
     deploy(app, host, port, name)

@@ -54,7 +54,7 @@ def url(art):
     port = free_port()
     try:
         start_ray(num_cpus=2)
-        deploy(ray_app(art, replicas=2, cpus=0.5), port=port, name=APP)
+        deploy(ray_app(art, replicas=2, cpus=0.5, access_log=False), port=port, name=APP)
         yield f'http://127.0.0.1:{port}'
     finally:
         try: serve.shutdown()
@@ -124,3 +124,25 @@ def test_killing_a_replica_loses_no_request(url):
     with httpx.Client(base_url=url, timeout=60) as c:
         seen = {c.post('/', json={'query': f'after {i}'}).headers['x-query-router-replica'] for i in range(30)}
     assert victim not in seen and seen <= set(replicas())
+
+def test_rolling_update_to_a_new_artifact_fails_no_request(url, art, tmp_path):
+    "Redeploying under the same name with another artifact folder: new replicas load and pass health checks before old ones stop."
+    import shutil
+    v2 = shutil.copytree(art, tmp_path/'v2')
+    stats, stop, lock = {'requests': 0, 'failed': 0, 'lost': 0}, threading.Event(), threading.Lock()
+    def client(i):
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                r, fails = post_with_retry(c, {'query': f'request {i} during a rolling update'})
+                with lock: stats['requests'] += 1; stats['failed'] += fails > 0; stats['lost'] += r is None
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in threads: t.start()
+    try: deploy(ray_app(v2, replicas=2, cpus=0.5, access_log=False), port=int(url.rsplit(':', 1)[1]), name=APP) # returns once v2 is running
+    finally:
+        stop.set()
+        for t in threads: t.join(60)
+    print(f"\nrolling update to {v2}: {stats}")
+    with httpx.Client(base_url=url, timeout=60) as c:
+        paths = {c.get('/health').json()['path'] for _ in range(10)}
+    assert paths == {str(v2)}, paths
+    assert stats['requests'] > 0 and stats['failed'] == 0 and stats['lost'] == 0, stats
