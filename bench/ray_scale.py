@@ -73,6 +73,17 @@ def measure(name:str, url:str, queries, a, procs:dict)->dict:
     print(json.dumps(r), flush=True)
     return r
 
+def batch_sizes(url:str, tries:int=20)->dict:
+    "Mean queries per embedding batch of each replica (over its life), from the replicas' own /metrics (a scrape lands on any one)."
+    import httpx, re
+    out = {}
+    for _ in range(tries):
+        t = httpx.get(url + '/metrics', timeout=30).text
+        m = re.search(r'query_router_replica_info\{[^}]*replica="([^"]+)"', t)
+        s, c = (re.search(rf'^query_router_embed_batch_size_{k} ([0-9.e+]+)', t, re.M) for k in ('sum', 'count'))
+        if m and s and c and float(c.group(1)): out[m.group(1)] = {'mean_batch': round(float(s.group(1)) / float(c.group(1)), 2), 'batches': int(float(c.group(1)))}
+    return out
+
 def wait_healthy(url:str, timeout:float):
     import httpx
     t0 = time.monotonic()
@@ -126,7 +137,7 @@ def main():
             replicas = pids_named('ray::ServeReplica:query_router:QueryRouter')
             assert len(replicas) == n, f'expected {n} replica processes, found {replicas}'
             r = measure(f'ray-serve-{n}', url, queries, a, {'replicas': replicas, 'proxy': pids_named('ray::ProxyActor')})
-            res['results'].append({'replicas': n, 'deploy_s': round(time.monotonic() - t0, 1), **r})
+            res['results'].append({'replicas': n, 'deploy_s': round(time.monotonic() - t0, 1), **r, 'embed_batches': batch_sizes(url)})
     finally:
         serve.shutdown(); rt.shutdown()
 

@@ -3,7 +3,7 @@ with the in-process router; one replica's actor killed while requests keep comin
 
 Slow to start on a small loaded machine (Ray itself, then two replicas that each load the embedding model): every wait is
 bounded (see the *_TIMEOUT constants) rather than assumed."""
-import os, socket, threading, time, concurrent.futures as cf
+import os, re, socket, threading, time, concurrent.futures as cf
 import pytest
 pytest.importorskip('ray.serve', reason='ray[serve] is not installed (pip install "query_router[ray]"): Ray Serve tests skipped')
 os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
@@ -22,6 +22,8 @@ RETRY_DELAYS = (0.25, 0.5, 1, 2, 4)
 
 def free_port()->int:
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+METRICS_PORT = free_port() # Ray's per-node Prometheus endpoint
+METRICS_TIMEOUT = 120 # seconds for Ray to export the replicas' metrics (it exports every few seconds)
 
 def replicas()->list[str]:
     "Ids of the live replica actors of the app, from Ray's named actors."
@@ -53,7 +55,7 @@ def url(art):
     "Two replicas (half a CPU each) deployed on a fresh local Ray instance; Serve and Ray shut down afterwards."
     port = free_port()
     try:
-        start_ray(num_cpus=2)
+        start_ray(num_cpus=2, _metrics_export_port=METRICS_PORT)
         deploy(ray_app(art, replicas=2, cpus=0.5, access_log=False), port=port, name=APP)
         yield f'http://127.0.0.1:{port}'
     finally:
@@ -81,6 +83,26 @@ def test_two_replicas_answer_like_the_in_process_router(url, local, default_data
         m = c.get('/metrics').text # one replica's metrics
     assert 'query_router_replica_info{' in m and 'process_cpu_seconds_total' in m
     assert 'query_router_requests_total{endpoint="/",status="200"}' in m and 'query_router_embed_batch_size_count' in m
+
+def ray_counts()->dict:
+    "Requests to POST / answered 200, per replica, from the node's Prometheus endpoint (Ray's metrics)."
+    try: txt = httpx.get(f'http://127.0.0.1:{METRICS_PORT}/metrics', timeout=10).text
+    except httpx.HTTPError: return {}
+    out = {}
+    for line in txt.splitlines():
+        if line.startswith('ray_query_router_requests_total{') and 'endpoint="/"' in line and 'status="200"' in line:
+            rep = re.search(r'replica="([^"]+)"', line).group(1)
+            out[rep] = out.get(rep, 0) + float(line.rsplit(' ', 1)[1])
+    return out
+
+def test_every_replica_is_in_rays_prometheus_metrics(url):
+    "Scrapes through Serve's proxy land on any replica; Ray's per-node endpoint has them all, labelled by replica."
+    t0, counts = time.monotonic(), {}
+    while time.monotonic() - t0 < METRICS_TIMEOUT:
+        counts = ray_counts()
+        if len(counts) == 2 and sum(counts.values()) >= 100: break
+        time.sleep(3)
+    assert set(counts) == set(replicas()) and sum(counts.values()) >= 100, counts
 
 def test_a_replica_that_cannot_load_never_answers(url, tmp_path):
     "Its health check fails, so Ray gives up on the deployment (after one start here) and no request reaches it."
