@@ -109,7 +109,7 @@ def test_a_replica_that_cannot_load_never_answers(url, tmp_path):
     broken = router_deployment().options(name='Broken', num_replicas=1, max_constructor_retry_count=1, ray_actor_options={'num_cpus': 0.25})
     with pytest.raises(Exception) as e: serve.run(broken.bind(str(tmp_path/'missing')), name='broken', route_prefix='/broken')
     why = str(e.value) + serve.status().applications['broken'].deployments['Broken'].message
-    assert 'cannot load the router' in why and 'not an artifact folder' in why, why
+    assert 'cannot load the router' in why and 'artifact folder' in why, why # load_router's own message, e.g. no such artifact folder
     with httpx.Client(base_url=url, timeout=60) as c:
         r = c.post('/broken/', json={'query': 'hi'})
         assert r.status_code != 200 and 'route' not in r.text
