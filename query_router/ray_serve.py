@@ -153,14 +153,14 @@ def router_deployment():
     class QueryRouter:
         "One replica: loads and checks the artifact, serves `make_app`'s app, embeds queries of concurrent requests in batches."
         def __init__(self, artifacts:str, kind:str|None=None, k:int|None=None, max_body:int=1 << 16, max_batch:int=256,
-                     backends=None, batch_size:int=32, batch_wait_ms:float=5.0, batching:str='serve'):
+                     backends=None, batch_size:int=32, batch_wait_ms:float=5.0, batching:str='serve', verify:bool=True):
             from query_router.serve import load_router
             ctx = serve.get_replica_context()
             self.replica, self.deployment, self.app_name = ctx.replica_id.unique_id, ctx.deployment, ctx.app_name
             self.artifacts, self.batching = artifacts, batching
             self.opts = dict(max_body=max_body, max_batch=max_batch, backends=backends)
             self.router, self.error = None, None
-            try: self.router = load_router(artifacts, kind, **({'k': k} if k else {}))
+            try: self.router = load_router(artifacts, kind, verify=verify, **({'k': k} if k else {})) # this node's copy, checksums included
             except Exception as e: self.error = f"replica {self.replica} cannot load the router at {artifacts}: {type(e).__name__}: {e}"
             self._batch.set_max_batch_size(batch_size)
             self._batch.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -209,6 +209,7 @@ def ray_app(artifacts, # artifact folder: a path every Ray node can read (a shar
             batch_size:int=32, # requests whose queries one replica embeds together
             batch_wait_ms:float=5.0, # longest wait for a batch to fill
             batching:str='serve', # 'serve': `@serve.batch` answers POST / and /batch; 'app': leave them to `make_app` (its own batching, if any)
+            verify:bool=True, # each replica checks every file's SHA-256 as it loads (each node may hold its own copy)
             name:str='QueryRouter', # deployment name
             **options, # `deployment_options`: replicas, min_replicas, max_replicas, target_ongoing, cpus, max_ongoing, ...
            ):
@@ -220,7 +221,7 @@ def ray_app(artifacts, # artifact folder: a path every Ray node can read (a shar
     opts['max_ongoing_requests'] = max(opts['max_ongoing_requests'], batch_size)
     art = os.path.abspath(os.fspath(artifacts)) # replicas may start in another working directory
     bk = os.path.abspath(os.fspath(backends)) if isinstance(backends, (str, Path)) else backends
-    return router_deployment().options(name=name, **opts).bind(art, router, k, max_body, max_batch, bk, batch_size, batch_wait_ms, batching)
+    return router_deployment().options(name=name, **opts).bind(art, router, k, max_body, max_batch, bk, batch_size, batch_wait_ms, batching, verify)
 
 # %% ../nbs/12_ray_serve.ipynb #c021
 def _bool(v)->bool:
@@ -231,7 +232,7 @@ _bool.__name__ = 'true or false'
 _ARG_TYPES = {'artifacts': str, 'router': str, 'k': int, 'max_body': int, 'max_batch': int, 'backends': str, 'batch_size': int,
               'batch_wait_ms': float, 'batching': str, 'name': str, 'replicas': int, 'min_replicas': int, 'max_replicas': int, 'target_ongoing': float,
               'cpus': float, 'max_ongoing': int, 'health_period': float, 'health_timeout': float,
-              'access_log': _bool}
+              'access_log': _bool, 'verify': _bool}
 
 def parse_app_args(args:dict)->dict:
     "`serve run` passes `key=value` arguments as strings (a config file may pass numbers): checked and converted."
@@ -294,6 +295,7 @@ def ray_serve_cli(artifacts:str='artifacts/default', # artifact folder (from `qu
                   batch_wait_ms:float=5.0, # longest wait for a batch to fill
                   batching:str='serve', # 'serve': replicas batch with @serve.batch; 'app': make_app's own handling
                   quiet:bool=False, # no per-request log lines
+                  skip_verify:bool=False, # replicas skip the SHA-256 check of the artifact's files (the cheap checks still run)
                   num_cpus:int=None, # CPUs of a local Ray instance (default: all)
                   name:str='query_router', # Serve application name (deploying again under the same name is a rolling update)
                  ):
@@ -302,7 +304,7 @@ def ray_serve_cli(artifacts:str='artifacts/default', # artifact folder (from `qu
     except ImportError: raise ValueError('Ray Serve is not installed: pip install "query_router[ray]"') from None
     if address is None and not (Path(artifacts)/'manifest.json').exists():
         raise ValueError(f"{artifacts}: not an artifact folder (no manifest.json); build one with `query-router build --out {artifacts}`")
-    app = ray_app(artifacts, router, k, max_body, max_batch, backends, batch_size, batch_wait_ms, batching, replicas=replicas,
+    app = ray_app(artifacts, router, k, max_body, max_batch, backends, batch_size, batch_wait_ms, batching, not skip_verify, replicas=replicas,
                   min_replicas=min_replicas, max_replicas=max_replicas, target_ongoing=target_ongoing, cpus=cpus, max_ongoing=max_ongoing,
                   access_log=not quiet)
     rt = start_ray(address, num_cpus=num_cpus)

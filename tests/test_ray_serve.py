@@ -104,12 +104,17 @@ def test_every_replica_is_in_rays_prometheus_metrics(url):
         time.sleep(3)
     assert set(counts) == set(replicas()) and sum(counts.values()) >= 100, counts
 
-def test_a_replica_that_cannot_load_never_answers(url, tmp_path):
-    "Its health check fails, so Ray gives up on the deployment (after one start here) and no request reaches it."
+def test_a_replica_that_cannot_load_never_answers(url, art, tmp_path):
+    """A copy of the artifact with one byte flipped (same size: only the SHA-256 tells): the replica's health check fails,
+    so Ray gives up on the deployment (after one start here) and no request reaches it."""
+    import shutil
+    bad = shutil.copytree(art, tmp_path/'bad')
+    f = max((p for p in bad.iterdir() if p.is_file() and p.name != 'manifest.json'), key=lambda p: p.stat().st_size)
+    b = bytearray(f.read_bytes()); b[len(b) // 2] ^= 0xFF; f.write_bytes(bytes(b))
     broken = router_deployment().options(name='Broken', num_replicas=1, max_constructor_retry_count=1, ray_actor_options={'num_cpus': 0.25})
-    with pytest.raises(Exception) as e: serve.run(broken.bind(str(tmp_path/'missing')), name='broken', route_prefix='/broken')
+    with pytest.raises(Exception) as e: serve.run(broken.bind(str(bad)), name='broken', route_prefix='/broken')
     why = str(e.value) + serve.status().applications['broken'].deployments['Broken'].message
-    assert 'cannot load the router' in why and 'artifact folder' in why, why # load_router's own message, e.g. no such artifact folder
+    assert 'cannot load the router' in why and 'checksum mismatch' in why, why
     with httpx.Client(base_url=url, timeout=60) as c:
         r = c.post('/broken/', json={'query': 'hi'})
         assert r.status_code != 200 and 'route' not in r.text
