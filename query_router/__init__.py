@@ -13,6 +13,7 @@ API = {
     'Candidate': 'core', 'load_candidates': 'core',
     'RoutingData': 'data', 'load_routing_data': 'data', 'load_default_dataset': 'data',
     'compare': 'evaluate', 'calibrate': 'evaluate',
+    'RouterClient': 'proxy', 'AsyncRouterClient': 'proxy',
 }
 
 def __getattr__(name:str):
