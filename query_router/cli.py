@@ -31,6 +31,7 @@ def main(argv:list|None=None):
     if not argv or argv[0] in ('-h', '--help'): print(_usage()); return 0
     if argv[0] not in COMMANDS: print(f"query-router: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr); return 2
     mod, fn, _ = COMMANDS[argv[0]]
+    if argv[0] == 'serve' and '--ray' in argv: mod, fn = 'query_router.ray_serve', 'ray_serve_cli' # Ray Serve's options too
     func = getattr(importlib.import_module(mod), fn).__wrapped__
     p = anno_parser(func, prog=f'query-router {argv[0]}')
     args = vars(p.parse_args(argv[1:]))

@@ -151,8 +151,12 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               max_body:int=65536, # largest request body in bytes
               max_batch:int=256, # most queries in one /batch request
               backends:str=None, # backends file (YAML or JSON): also serve an OpenAI-compatible routing proxy at /v1
+              ray:bool=False, # serve on Ray Serve instead: replicas, autoscaling, clusters (`query-router serve --ray --help`; 12_ray_serve)
              ):
     "Serve a router over HTTP."
+    if ray:
+        from query_router.ray_serve import ray_serve_cli
+        return ray_serve_cli.__wrapped__(artifacts, host, port, router, k, max_body, max_batch, backends)
     import uvicorn
     r = load_router(artifacts, router, **({'k': k} if k else {}))
     print(f"serving {r!r} on http://{host}:{port}", flush=True)
