@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['MAX_DEPTH', 'MAX_DIGITS', 'BODY_METHODS', 'ENV_CONFIG', 'load_router', 'BadRequest', 'json_depth', 'parse_body',
            'check_query', 'routing_options', 'Metrics', 'Overloaded', 'DeadlineExceeded', 'ClientGone',
-           'estimate_tokens', 'Batcher', 'hash_key', 'load_keys', 'KeyCheck', 'RateLimit', 'Guard', 'ServeOptions',
-           'make_app', 'GuardedHttp', 'ServerThread', 'is_loopback', 'app_from_env', 'serve_cli']
+           'estimate_tokens', 'Batcher', 'hash_key', 'load_keys', 'KeyCheck', 'RateLimit', 'check_json', 'Guard',
+           'ServeOptions', 'make_app', 'GuardedHttp', 'ServerThread', 'is_loopback', 'app_from_env', 'serve_cli']
 
 # %% ../nbs/05_serve.ipynb #db710ac3
 import asyncio, hashlib, hmac, json, logging, math, os, re, threading, time
@@ -295,14 +295,15 @@ class RateLimit:
         if len(self.buckets) > 100_000: self.buckets.clear() # bounded memory
         return (1 - tokens) / self.rate
 
-# %% ../nbs/05_serve.ipynb #f0214445
+# %% ../nbs/05_serve.ipynb #fc57e3ae
 def _header(scope, name:bytes)->str|None:
     for k, v in scope.get('headers', ()):
         if k == name: return v.decode('latin-1')
     return None
 
-async def _reply(send, status:int, msg:str, headers:dict|None=None, close:bool=False):
-    body = json.dumps({'error': msg}).encode()
+async def _reply(send, status:int, msg:str, headers:dict|None=None, close:bool=False, openai:bool=False):
+    err = {'message': msg, 'type': 'invalid_request_error' if status < 500 else 'server_error', 'code': status} if openai else msg
+    body = json.dumps({'error': err}).encode()
     h = [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode())]
     h += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
     if close: h.append((b'connection', b'close'))
@@ -313,6 +314,13 @@ class _Refuse(Exception):
     def __init__(self, status, msg, headers=None, close=False): self.status, self.msg, self.headers, self.close = status, msg, headers, close
 
 BODY_METHODS = ('POST', 'PUT', 'PATCH')
+
+def check_json(raw:bytes):
+    "Refuse (400) JSON that is valid but dangerous to parse or re-encode (deep nesting, huge integers, NaN); syntax errors are left to the route."
+    if not raw.strip(): return
+    try: parse_body(raw, len(raw))
+    except BadRequest as e:
+        if not e.msg.startswith(('invalid JSON', 'the body must be')): raise _Refuse(400, e.msg)
 
 class Guard:
     """ASGI middleware in front of every route, the proxy's included: allowed Host names, API keys, rate limits,
@@ -370,7 +378,9 @@ class Guard:
         try:
             self.check(scope)
             if scope['method'] in BODY_METHODS:
-                body = await self.read_body(scope, receive, self.opts.max_body if path in ('/', '/batch') else self.opts.proxy_max_body)
+                routing = path in ('/', '/batch')
+                body = await self.read_body(scope, receive, self.opts.max_body if routing else self.opts.proxy_max_body)
+                if not routing: check_json(body) # / and /batch check while parsing
                 async def _watch():
                     while (await receive())['type'] != 'http.disconnect': pass
                     if not state['done']: gone.set()
@@ -385,11 +395,11 @@ class Guard:
             scope['query_router.gone'] = gone
             await self.app(scope, app_receive, _send)
         except _Refuse as e:
-            if state['status'] is None: await _reply(_send, e.status, e.msg, e.headers, e.close)
+            if state['status'] is None: await _reply(_send, e.status, e.msg, e.headers, e.close, path.startswith('/v1/'))
         except ClientGone: gone.set()
         except Exception as e:
             logging.getLogger('query_router.serve').exception('unhandled error on %s', path)
-            if state['status'] is None and not gone.is_set(): await _reply(_send, 500, f'internal error: {type(e).__name__}')
+            if state['status'] is None and not gone.is_set(): await _reply(_send, 500, f'internal error: {type(e).__name__}', openai=path.startswith('/v1/'))
         finally:
             if watch is not None: watch.cancel()
             if gone.is_set() and not state['done']: self.metrics.disconnects.labels(ep).inc()
@@ -543,17 +553,18 @@ def make_app(router:Router,
                            allow_headers=['authorization', 'content-type', 'x-api-key'])
     return app
 
-# %% ../nbs/05_serve.ipynb #03544b8d
+# %% ../nbs/05_serve.ipynb #c482988b
 from uvicorn.protocols.http.h11_impl import H11Protocol
 try: from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HttpBase
 except ImportError: _HttpBase = H11Protocol
 
 class GuardedHttp(_HttpBase):
     """uvicorn's HTTP protocol with a header deadline: a connection that has not sent a request's complete headers
-    within `QUERY_ROUTER_HEADER_TIMEOUT` seconds (default 10) of connecting, or of that request's first byte, is closed."""
+    within `header_timeout` seconds (an attribute of uvicorn's config, else `QUERY_ROUTER_HEADER_TIMEOUT`, else 10) of
+    connecting, or of that request's first byte, is closed."""
     def connection_made(self, transport):
         super().connection_made(transport)
-        self._hdr_timeout = float(os.environ.get('QUERY_ROUTER_HEADER_TIMEOUT') or 10)
+        self._hdr_timeout = float(getattr(self.config, 'header_timeout', None) or os.environ.get('QUERY_ROUTER_HEADER_TIMEOUT') or 10)
         self._hdr = self.loop.call_later(self._hdr_timeout, self._headers_late)
     def _waiting(self)->bool: return self.cycle is None or self.cycle.response_complete
     def _headers_late(self):
@@ -570,9 +581,7 @@ class GuardedHttp(_HttpBase):
         super().connection_lost(exc)
 
 # %% ../nbs/05_serve.ipynb #04dd9fde
-def _uvicorn_options(opts:ServeOptions|None)->dict:
-    opts = opts or ServeOptions()
-    os.environ['QUERY_ROUTER_HEADER_TIMEOUT'] = str(opts.header_timeout)
+def _uvicorn_options(opts:ServeOptions)->dict:
     return {'http': GuardedHttp, 'limit_concurrency': opts.limit_concurrency, 'timeout_keep_alive': 5}
 
 class ServerThread:
@@ -582,8 +591,10 @@ class ServerThread:
         if port == 0:
             with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
         self.port, self.url = port, f'http://127.0.0.1:{port}'
-        kw = _uvicorn_options(getattr(getattr(app, 'state', None), 'options', None))
-        self.server = uvicorn.Server(uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', **kw))
+        opts = getattr(getattr(app, 'state', None), 'options', None) or ServeOptions()
+        cfg = uvicorn.Config(app, host='127.0.0.1', port=port, log_level='warning', **_uvicorn_options(opts))
+        cfg.header_timeout = opts.header_timeout
+        self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
     def __enter__(self):
         self.thread.start()
@@ -649,6 +660,7 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
                          "Give --api_keys FILE (or set QUERY_ROUTER_API_KEYS), listen on 127.0.0.1, or pass --allow_open")
     if workers < 1: raise ValueError(f"--workers must be at least 1, not {workers}")
     uv = dict(host=host, port=port, log_level='info', **_uvicorn_options(ServeOptions(**opts)))
+    os.environ['QUERY_ROUTER_HEADER_TIMEOUT'] = str(header_timeout) # read by `GuardedHttp` in every worker
     if workers > 1:
         os.environ[ENV_CONFIG] = json.dumps({'artifacts': str(artifacts), 'router': router, 'k': k, 'backends': backends, 'options': opts})
         load_manifest_only = Path(artifacts)/'manifest.json'
