@@ -48,6 +48,16 @@ class Server:
         try: self.proc.wait(5)
         except subprocess.TimeoutExpired: os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait()
 
+PROBE = '''
+import sys, time, json, httpx
+url, secs = sys.argv[1], float(sys.argv[2]); out = []
+with httpx.Client(base_url=url, timeout=30) as c:
+    c.get('/health'); stop = time.perf_counter() + secs
+    while time.perf_counter() < stop:
+        t = time.perf_counter(); c.get('/health'); out.append(time.perf_counter() - t); time.sleep(0.05)
+print(json.dumps(out))
+'''
+
 def pct(xs, q): return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
 
 async def load(url, queries, clients:int, seconds:float, health:bool=False)->dict:
@@ -63,14 +73,21 @@ async def load(url, queries, clients:int, seconds:float, health:bool=False)->dic
                 try: s = (await c.post('/', json={'query': rnd.choice(queries)})).status_code
                 except httpx.HTTPError as e: s = type(e).__name__
                 lat.append(time.perf_counter() - t); codes[s] = codes.get(s, 0) + 1
-        async def prober():
-            while time.perf_counter() < stop:
-                t = time.perf_counter(); await c.get('/health'); hl.append(time.perf_counter() - t)
-                await asyncio.sleep(0.05)
+        # /health is probed from a process of its own, so that the load generator's busy event loop does not delay the probes
+        probe = subprocess.Popen([sys.executable, '-c', PROBE, url, str(seconds)], stdout=subprocess.PIPE) if health else None
         t0 = time.perf_counter()
-        await asyncio.gather(*[caller(i) for i in range(clients)], *([prober()] if health else []))
+        await asyncio.gather(*[caller(i) for i in range(clients)])
         wall = time.perf_counter() - t0
-    n = len(lat)
+        if probe is not None: hl = json.loads(probe.communicate(timeout=120)[0] or b'[]')
+    return {'clients': clients, 'lat': lat, 'codes': codes, 'hl': hl, 'wall': wall, 'health': health}
+
+def summary(runs:list)->dict:
+    "One level's figures from its interleaved repetitions: throughput over their total time, percentiles over all their requests."
+    lat = [x for r in runs for x in r['lat']]; hl = [x for r in runs for x in r['hl']]; wall = sum(r['wall'] for r in runs)
+    codes = {}
+    for r in runs:
+        for k, v in r['codes'].items(): codes[k] = codes.get(k, 0) + v
+    n, clients, health = len(lat), runs[0]['clients'], runs[0]['health']
     out = {'clients': clients, 'requests': n, 'seconds': round(wall, 2), 'throughput_rps': round(codes.get(200, 0) / wall, 1),
            'p50_ms': pct(lat, 50), 'p99_ms': pct(lat, 99), 'share_503': round(codes.get(503, 0) / max(n, 1), 3),
            'share_504': round(codes.get(504, 0) / max(n, 1), 3), 'statuses': {str(k): v for k, v in codes.items()}}
@@ -94,16 +111,16 @@ async def during_big_batch(url, big:list[str], small:str, timeout:float)->dict:
 
 async def rss_run(url, pid, queries, n:int, clients:int=32)->dict:
     import httpx
-    samples, done, codes = [], 0, {}
+    samples, done, finished, codes = [], 0, 0, {}
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients + 4)) as c:
         async def caller(i):
-            nonlocal done
+            nonlocal done, finished
             rnd = random.Random(1000 + i)
             while done < n:
                 done += 1
                 s = (await c.post('/', json={'query': rnd.choice(queries)})).status_code
-                codes[s] = codes.get(s, 0) + 1
-                if done % max(n // 10, 1) == 0: samples.append((done, rss_mb(pid)))
+                codes[s] = codes.get(s, 0) + 1; finished += 1
+                if finished % max(n // 10, 1) == 0: samples.append((finished, rss_mb(pid)))
         t = time.perf_counter()
         await asyncio.gather(*[caller(i) for i in range(clients)])
     return {'requests': n, 'clients': clients, 'seconds': round(time.perf_counter() - t, 1), 'statuses': {str(k): v for k, v in codes.items()},
@@ -126,7 +143,8 @@ def build(work:Path, points:int):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--seconds', type=float, default=4.0, help='seconds of load per level')
+    ap.add_argument('--seconds', type=float, default=3.0, help='seconds of load per level and repetition')
+    ap.add_argument('--reps', type=int, default=2, help='interleaved repetitions of each level')
     ap.add_argument('--levels', default='1,8,32,128')
     ap.add_argument('--points', type=int, default=300, help='queries of the default dataset in each artifact')
     ap.add_argument('--rss_requests', type=int, default=10000)
@@ -141,19 +159,30 @@ def main():
     levels = [int(x) for x in a.levels.split(',')]
     modes = {'lock': ['--lock'], 'batch': [], 'batch_2_workers': ['--workers', '2']}
     res = {'bench': 'load', 'host': socket.gethostname(), 'cpus': os.cpu_count(), 'loadavg_start': [round(x, 2) for x in load0],
-           'seconds_per_level': a.seconds, 'points': a.points, 'levels': levels,
+           'seconds_per_level': a.seconds, 'reps': a.reps, 'points': a.points, 'levels': levels,
            'note': "old = --lock (one routing call at a time, the server before issue 12); new = the default dynamic batcher", 'runs': {}}
     rnd = random.Random(0)
     big = [' '.join(rnd.choice(queries).split()) for _ in range(256)]
     big = [(q + ' ') * (1 + 1100 // max(len(q), 1)) for q in big] # 256 queries of ~256 tokens (65 KB+: the body limit is raised for this test)
+    import contextlib, httpx
     for emb in a.embedders.split(','):
-        for mode in a.modes.split(','):
-            key = f'{emb}/{mode}'; print(key, flush=True)
-            with Server(arts[emb], *modes[mode]) as srv:
-                asyncio.run(load(srv.url, queries, 4, 1.5)) # warm up
-                runs = [asyncio.run(load(srv.url, queries, n, a.seconds, health=(n == max(levels)))) for n in levels]
-                for r in runs: print(' ', r['clients'], r['throughput_rps'], r['p50_ms'], r['p99_ms'], r.get('health', ''), flush=True)
-                res['runs'][key] = {'levels': runs, 'rss_mb': rss_mb(srv.proc.pid)}
+        ms = a.modes.split(',')
+        with contextlib.ExitStack() as stack: # every mode's server up at once; the modes take turns, so drift in the machine's load hits them alike
+            srvs = {m: stack.enter_context(Server(arts[emb], *modes[m])) for m in ms}
+            for m in ms: asyncio.run(load(srvs[m].url, queries, 4, 1.5)) # warm up
+            for m in ms: res['runs'][f'{emb}/{m}'] = {'levels': []}
+            for n in levels:
+                reps = {m: [] for m in ms}
+                for rep in range(a.reps):
+                    for m in ms: reps[m].append(asyncio.run(load(srvs[m].url, queries, n, a.seconds, health=(n == max(levels)))))
+                for m in ms:
+                    r = summary(reps[m]); res['runs'][f'{emb}/{m}']['levels'].append(r)
+                    print(f'{emb}/{m}', r['clients'], r['throughput_rps'], r['p50_ms'], r['p99_ms'], r.get('health', ''), flush=True)
+            for m in ms:
+                met = httpx.get(srvs[m].url + '/metrics').text
+                got = {l.split()[0]: float(l.split()[1]) for l in met.splitlines() if l.startswith(('query_router_batch_size_sum', 'query_router_batch_size_count'))}
+                if got.get('query_router_batch_size_count'): res['runs'][f'{emb}/{m}']['mean_texts_per_embedding_call'] = round(got['query_router_batch_size_sum'] / got['query_router_batch_size_count'], 2)
+                res['runs'][f'{emb}/{m}']['rss_mb'] = rss_mb(srvs[m].proc.pid)
         for mode in ('lock', 'batch'):
             with Server(arts[emb], *modes[mode], '--max_body', 1 << 20, '--batch_tokens', 1 << 20, '--deadline', 300) as srv:
                 r = asyncio.run(during_big_batch(srv.url, big, 'hi', 30.0))

@@ -429,4 +429,5 @@ d = { 'settings': { 'branch': 'main',
                                     'query_router.serve.make_app': ('serve.html#make_app', 'query_router/serve.py'),
                                     'query_router.serve.parse_body': ('serve.html#parse_body', 'query_router/serve.py'),
                                     'query_router.serve.routing_options': ('serve.html#routing_options', 'query_router/serve.py'),
-                                    'query_router.serve.serve_cli': ('serve.html#serve_cli', 'query_router/serve.py')}}}
+                                    'query_router.serve.serve_cli': ('serve.html#serve_cli', 'query_router/serve.py'),
+                                    'query_router.serve.set_threads': ('serve.html#set_threads', 'query_router/serve.py')}}}

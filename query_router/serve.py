@@ -6,7 +6,8 @@
 __all__ = ['MAX_DEPTH', 'MAX_DIGITS', 'BODY_METHODS', 'ENV_CONFIG', 'load_router', 'BadRequest', 'json_depth', 'parse_body',
            'check_query', 'routing_options', 'Metrics', 'Overloaded', 'DeadlineExceeded', 'ClientGone',
            'estimate_tokens', 'Batcher', 'hash_key', 'load_keys', 'KeyCheck', 'RateLimit', 'check_json', 'Guard',
-           'ServeOptions', 'make_app', 'GuardedHttp', 'ServerThread', 'is_loopback', 'app_from_env', 'serve_cli']
+           'ServeOptions', 'make_app', 'GuardedHttp', 'ServerThread', 'is_loopback', 'set_threads', 'app_from_env',
+           'serve_cli']
 
 # %% ../nbs/05_serve.ipynb #db710ac3
 import asyncio, hashlib, hmac, json, logging, math, os, re, threading, time
@@ -408,7 +409,7 @@ class Guard:
             if gone.is_set() and not state['done']: self.metrics.disconnects.labels(ep).inc()
             elif state['status'] is not None: self.metrics.sent(ep, state['status'], time.perf_counter() - t0)
 
-# %% ../nbs/05_serve.ipynb #30b90029
+# %% ../nbs/05_serve.ipynb #f776dfa1
 @dataclass
 class ServeOptions:
     "Everything `make_app` and `serve` can be told; `/health` reports the limits."
@@ -425,6 +426,7 @@ class ServeOptions:
     header_timeout:float = 10.0 # seconds a client may take to send its headers (connection closed); needs the server from `serve`/`ServerThread`
     limit_concurrency:int = 512 # connections and requests at once (uvicorn answers 503 above it)
     proxy_max_body:int = 4 << 20 # bytes per request to other routes (the proxy's own limit applies too)
+    embed_batch:int|None = 8 # texts per forward pass inside one embedding call (sentence-transformers sorts a call's texts by length, so small passes waste little on padding); None: the embedder's own
     lock:bool = False # the old behaviour: one routing call at a time behind a lock, no batching, no deadline (for comparisons)
     api_keys:str|None = None # file of API keys (one a line, or sha256:<hex>); QUERY_ROUTER_API_KEYS adds comma-separated keys
     rate_limit:float = 0 # requests a minute per key (per client address without keys); 0: no limit
@@ -434,7 +436,7 @@ class ServeOptions:
     docs:bool = False # serve /docs and /openapi.json
     def limits(self)->dict:
         return {k: getattr(self, k) for k in ('max_body', 'max_batch', 'batch_tokens', 'max_k', 'batch_max', 'batch_wait', 'run_tokens', 'queue_max',
-                                              'deadline', 'body_timeout', 'header_timeout', 'limit_concurrency', 'proxy_max_body', 'rate_limit', 'lock')}
+                                              'deadline', 'body_timeout', 'header_timeout', 'limit_concurrency', 'proxy_max_body', 'rate_limit', 'embed_batch', 'lock')}
 
 def _public(v):
     "`v` without absolute paths (a folder is reported by its name)."
@@ -471,6 +473,7 @@ def make_app(router:Router,
     emb = getattr(router, 'embedder', None)
     if opts.run_tokens is None: opts.run_tokens = 16384 if getattr(emb, 'kind', None) == 'static' else 1024
     window = _window(router)
+    if opts.embed_batch and emb is not None and getattr(emb, 'kind', None) == 'transformer' and hasattr(emb, 'batch_size'): emb.batch_size = opts.embed_batch
     docs = {} if opts.docs else {'docs_url': None, 'redoc_url': None, 'openapi_url': None}
     app = FastAPI(title='query_router', version='1', **docs)
     metrics = Metrics()
@@ -617,10 +620,22 @@ def is_loopback(host:str)->bool:
     try: return ipaddress.ip_address(host.strip('[]')).is_loopback
     except ValueError: return False
 
+def set_threads(threads:int|None=None, # torch CPU threads; default: 1 when the load average exceeds the cores, else the cores shared among `workers`
+                workers:int=1)->int|None:
+    "Set torch's CPU threads for this process (a team of threads stalls at every barrier on an oversubscribed machine); None when torch is not loaded."
+    import sys
+    if 'torch' not in sys.modules: return None
+    import torch
+    cores = os.cpu_count() or 1
+    if not threads: threads = 1 if os.getloadavg()[0] > cores else max(1, cores // max(1, workers))
+    torch.set_num_threads(threads)
+    return threads
+
 def app_from_env():
     "The app described by the `QUERY_ROUTER_SERVE` environment variable: the factory each uvicorn worker calls."
     cfg = json.loads(os.environ[ENV_CONFIG])
     r = load_router(cfg['artifacts'], cfg.get('router'), **({'k': cfg['k']} if cfg.get('k') else {}))
+    set_threads(cfg.get('threads'), cfg.get('workers', 1))
     return make_app(r, backends=cfg.get('backends'), **cfg['options'])
 
 def _split(s)->tuple: return tuple(x.strip() for x in (s or '').split(',') if x.strip())
@@ -644,6 +659,7 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               body_timeout:float=10.0, # seconds of silence allowed while a body is sent (then 408)
               header_timeout:float=10.0, # seconds to send the headers (then the connection is closed)
               limit_concurrency:int=512, # connections at once (uvicorn answers 503 above it)
+              embed_batch:int=8, # texts per forward pass inside one embedding call (0: the embedder's own)
               lock:bool=False, # old behaviour: one routing call at a time, no batching (for comparisons)
               api_keys:str=None, # file of API keys (one a line, or sha256:<hex>); QUERY_ROUTER_API_KEYS adds comma-separated keys
               rate_limit:float=0, # requests a minute per key (0: none)
@@ -651,12 +667,13 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               allowed_hosts:str=None, # comma-separated Host names served (default: any)
               docs:bool=False, # serve /docs and /openapi.json
               allow_open:bool=False, # allow --backends on a non-loopback host without API keys
+              threads:int=0, # torch CPU threads per process (0: 1 when the machine is oversubscribed, else the cores shared among the workers)
              ):
     "Serve a router over HTTP."
     import uvicorn
     opts = dict(max_body=max_body, max_batch=max_batch, batch_max=batch_max, batch_wait=batch_wait, batch_tokens=batch_tokens, max_k=max_k,
                 queue_max=queue_max, deadline=deadline, body_timeout=body_timeout, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
-                lock=lock, api_keys=api_keys, rate_limit=rate_limit, cors_origins=_split(cors), allowed_hosts=_split(allowed_hosts), docs=docs)
+                lock=lock, embed_batch=embed_batch or None, api_keys=api_keys, rate_limit=rate_limit, cors_origins=_split(cors), allowed_hosts=_split(allowed_hosts), docs=docs)
     keys = load_keys(api_keys)
     if backends and not is_loopback(host) and not keys and not allow_open:
         raise ValueError(f"refusing to serve the proxy on {host} without API keys: anyone who can reach it would spend the backends' keys. "
@@ -665,12 +682,14 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
     uv = dict(host=host, port=port, log_level='info', **_uvicorn_options(ServeOptions(**opts)))
     os.environ['QUERY_ROUTER_HEADER_TIMEOUT'] = str(header_timeout) # read by `GuardedHttp` in every worker
     if workers > 1:
-        os.environ[ENV_CONFIG] = json.dumps({'artifacts': str(artifacts), 'router': router, 'k': k, 'backends': backends, 'options': opts})
+        os.environ[ENV_CONFIG] = json.dumps({'artifacts': str(artifacts), 'router': router, 'k': k, 'backends': backends, 'options': opts,
+                                             'threads': threads, 'workers': workers})
         load_manifest_only = Path(artifacts)/'manifest.json'
         if not load_manifest_only.exists(): raise ValueError(f"{artifacts}: not an artifact folder (no manifest.json)")
         print(f"serving {artifacts} on http://{host}:{port} with {workers} workers", flush=True)
         uvicorn.run('query_router.serve:app_from_env', factory=True, workers=workers, **uv)
         return
     r = load_router(artifacts, router, **({'k': k} if k else {}))
-    print(f"serving {r!r} on http://{host}:{port}", flush=True)
+    n = set_threads(threads)
+    print(f"serving {r!r} on http://{host}:{port}" + (f" ({n} torch threads)" if n else ''), flush=True)
     uvicorn.run(make_app(r, backends=backends, **opts), **uv)
