@@ -141,6 +141,18 @@ def build(work:Path, points:int):
     arts['static'] = work/'static'
     return arts, data.queries[points:]
 
+def compute_ceiling(queries, reps:int=2, n:int=16)->dict:
+    "What batching can gain at all on this machine now: n texts encoded one call each against one call (forward passes of 8), interleaved."
+    from query_router.embed import Embedder
+    from query_router.serve import set_threads
+    e = Embedder(); threads = set_threads(); e.batch_size = 8
+    qs = queries[:n]; e.encode(qs[:2]); one, many = [], []
+    for _ in range(reps):
+        t = time.perf_counter(); [e.encode([q]) for q in qs]; one.append(time.perf_counter() - t)
+        t = time.perf_counter(); e.encode(qs); many.append(time.perf_counter() - t)
+    return {'texts': n, 'torch_threads': threads, 'one_call_each_s': round(sum(one) / reps, 2), 'one_call_s': round(sum(many) / reps, 2),
+            'ratio': round(sum(one) / sum(many), 2)}
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--seconds', type=float, default=3.0, help='seconds of load per level and repetition')
@@ -157,9 +169,11 @@ def main():
     work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
     arts, queries = build(work, a.points)
     levels = [int(x) for x in a.levels.split(',')]
+    ceiling = compute_ceiling(queries); print('compute ceiling', ceiling, flush=True)
     modes = {'lock': ['--lock'], 'batch': [], 'batch_2_workers': ['--workers', '2']}
     res = {'bench': 'load', 'host': socket.gethostname(), 'cpus': os.cpu_count(), 'loadavg_start': [round(x, 2) for x in load0],
            'seconds_per_level': a.seconds, 'reps': a.reps, 'points': a.points, 'levels': levels,
+           'transformer_compute_ceiling': ceiling,
            'note': "old = --lock (one routing call at a time, the server before issue 12); new = the default dynamic batcher", 'runs': {}}
     rnd = random.Random(0)
     big = [' '.join(rnd.choice(queries).split()) for _ in range(256)]

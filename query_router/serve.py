@@ -145,12 +145,12 @@ class _Job:
         self.texts, self.tokens, self.k, self.fut, self.deadline = texts, tokens, k, fut, deadline
         self.taken = self.got = 0; self.hits = [None] * len(texts); self.scores = [None] * len(texts); self.cancelled = False
 
-# %% ../nbs/05_serve.ipynb #c7f9bd4c
+# %% ../nbs/05_serve.ipynb #d9c25141
 class Batcher:
     "Gathers concurrent routing work into one `explain_batch` call per run (per distinct `k`), run in a worker thread."
     def __init__(self, router:Router,
                  batch_max:int=32, # texts per embedding call
-                 batch_wait:float=0.002, # seconds to wait for more work when a run is not full
+                 batch_wait:float=0.002, # seconds to wait for more work when a run is not full (only while callers come together: the last run had several texts)
                  run_tokens:int=1024, # estimated tokens per embedding call (bounds how long one call holds the model)
                  queue_max:int=1024, # texts waiting; more gets 503
                  deadline:float=10.0, # seconds a request may wait for its answer; then 504 and its work is dropped
@@ -159,7 +159,7 @@ class Batcher:
         from concurrent.futures import ThreadPoolExecutor
         self.router, self.batch_max, self.batch_wait, self.run_tokens = router, max(1, batch_max), batch_wait, max(1, run_tokens)
         self.queue_max, self.deadline, self.window, self.metrics = queue_max, deadline, window, metrics
-        self.pending, self.queued, self.runs = [], 0, 0
+        self.pending, self.queued, self.runs, self._last = [], 0, 0, 2
         self._pool = ThreadPoolExecutor(1, thread_name_prefix='query-router-batch')
         self._loop = self._task = self._wake = None
     def _start(self):
@@ -232,12 +232,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self.batch_wait > 0 and self.queued < self.batch_max: await asyncio.sleep(self.batch_wait)
+            if self.batch_wait > 0 and self.queued < self.batch_max and self._last > 1: await asyncio.sleep(self.batch_wait) # wait only when callers come together
             run = self._take()
             if not run:
                 if not self.pending: self._wake.clear()
                 continue
-            if self.metrics: self.metrics.batch_size.observe(sum(e - s for _, s, e in run))
+            self._last = sum(e - s for _, s, e in run)
+            if self.metrics: self.metrics.batch_size.observe(self._last)
             parts = [(j.texts[s:e], j.k) for j, s, e in run]
             try: out = await loop.run_in_executor(self._pool, self._compute, parts)
             except Exception: out = await loop.run_in_executor(self._pool, self._compute_each, parts)
@@ -624,6 +625,7 @@ def set_threads(threads:int|None=None, # torch CPU threads; default: 1 when the 
                 workers:int=1)->int|None:
     "Set torch's CPU threads for this process (a team of threads stalls at every barrier on an oversubscribed machine); None when torch is not loaded."
     import sys
+    sys.setswitchinterval(0.001) # the event loop gets the GIL back from the model's thread within a millisecond, not five
     if 'torch' not in sys.modules: return None
     import torch
     cores = os.cpu_count() or 1
