@@ -141,3 +141,10 @@ def test_batch_token_budget_and_hit_cap():
     assert big.status_code == 413 and 'tokens' in big.json()['error']
     assert k.status_code == 422 and 'from 1 to 20' in k.json()['error']
     assert h['batch_tokens'] == 100 and h['max_k'] == 20 and h['batch_max'] == 32
+
+def test_worker_factory_reads_its_options_from_the_environment(small_artifacts, monkeypatch):
+    from query_router.serve import app_from_env, ENV_CONFIG
+    monkeypatch.setenv(ENV_CONFIG, json.dumps({'artifacts': str(small_artifacts), 'router': None, 'k': 5, 'backends': None,
+                                               'options': {'batch_max': 4, 'deadline': 3.0, 'cors_origins': []}, 'threads': 1, 'workers': 2}))
+    app = app_from_env()
+    assert app.state.batcher.batch_max == 4 and app.state.options.deadline == 3.0 and app.state.router.k == 5
