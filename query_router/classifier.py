@@ -11,7 +11,7 @@ from fastcore.script import call_parse
 from .core import *
 from .data import *
 from .router import *
-from .knn import sha256, _swap_into_place, load_manifest, ArtifactError, FORMAT_VERSION
+from .artifacts import sha256, _swap_into_place, load_manifest, verify_files, write_artifact, ArtifactError, FORMAT_VERSION
 
 # %% auto #0
 __all__ = ['SMOLLM2', 'MINILM', 'TINYLLAMA', 'ALIASES', 'SMOLLM2_GGUF', 'cache_dir', 'smollm2_gguf_path', 'has_smollm2',
@@ -394,21 +394,14 @@ def _files(root:Path)->dict:
     return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob('*')) if p.is_file() and p.name != 'manifest.json'}
 
 def write_classifier(out, net, tok, info:dict, merge:bool=False)->Path:
-    "Write a classifier artifact folder atomically; return its path."
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
-    try:
+    "Write a classifier artifact folder atomically (through `write_artifact`); return its path."
+    info = dict(info)
+    def write_files(tmp:Path):
         if merge: net.merge_and_unload().save_pretrained(tmp/'model')
         else: net.save_pretrained(tmp/'adapter')
         tok.save_pretrained(tmp/'tokenizer')
-        manifest = {'format_version': FORMAT_VERSION, 'kind': 'classifier', 'weights': 'merged' if merge else 'adapter', **info,
-                    'files': _files(tmp), 'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-        (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1))
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-    return out
+        return {'weights': 'merged' if merge else 'adapter'}
+    return write_artifact(out, 'classifier', write_files, targets=info.pop('targets'), settings=info.pop('settings'), extra=info)
 
 # %% ../nbs/07_classifier.ipynb #caee0be8
 class ClassifierRouter(Router):
@@ -418,13 +411,16 @@ class ClassifierRouter(Router):
                  verify:bool=True, # check file checksums on load
                  batch_size:int=32, # queries per forward pass
                  threads:int|None=None, # torch CPU threads (default: leave torch's setting alone)
+                 manifest:dict|None=None, # the manifest, already validated by `load_manifest` (from `load_router`)
                  **kwargs, # ignored router options of other kinds (e.g. `k` from `query-router serve`)
                 ):
         from transformers import AutoModelForSequenceClassification
         import torch
         self.path = Path(path)
         if threads is not None: set_threads(threads)
-        self.manifest = m = load_manifest(self.path, verify)
+        if manifest is None: manifest = load_manifest(self.path, verify)
+        elif verify: verify_files(self.path, manifest)
+        self.manifest = m = manifest
         if m.get('kind') != 'classifier': raise ArtifactError(f"{self.path}: holds a {m.get('kind', 'knn')!r} router, not a classifier")
         self.targets = [t['name'] for t in m['targets']]
         costs = [t['cost'] for t in m['targets']]
@@ -448,6 +444,10 @@ class ClassifierRouter(Router):
         if verify and pr and not s.get('quantized_4bit'): # trained in 4 bits, served in float32: close, not equal
             d = np.abs(self.score_batch(pr['queries']) - np.array(pr['probs'])).max()
             if d > 1e-3: raise ArtifactError(f"{self.path}: predictions differ from those at training time by {d:.4f} (another base or library version?)")
+    @classmethod
+    def load(cls, path, manifest:dict, **kw):
+        "Open the router of an artifact whose manifest `load_router` has read."
+        return cls(path, manifest=manifest, **kw)
     def score_batch(self, queries:list[str])->np.ndarray:
         return predict_proba(self.model, self.tokenizer, queries, self.max_length, self.batch_size, progress=len(queries) > 1000)
     def describe(self)->dict:

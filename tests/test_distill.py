@@ -87,7 +87,10 @@ def test_old_manifest_without_kind_is_transformer(tmp_path, transformer_art, sta
     import shutil
     from query_router.knn import KNNRouter, ArtifactError
     old = tmp_path/'old'; shutil.copytree(transformer_art, old)
-    m = json.loads((old/'manifest.json').read_text()); del m['embedder']['kind']; (old/'manifest.json').write_text(json.dumps(m))
+    from query_router.artifacts import manifest_digests
+    m = json.loads((old/'manifest.json').read_text()); del m['embedder']['kind']
+    m['integrity'] = manifest_digests(m) # as a manifest written before kinds existed would be consistent with itself
+    (old/'manifest.json').write_text(json.dumps(m))
     assert KNNRouter(old, embedder).embedder.kind == 'transformer'
     with pytest.raises(ArtifactError, match='kind mismatch'): KNNRouter(old, static_emb)
 

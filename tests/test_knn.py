@@ -27,9 +27,11 @@ def test_files_written_by_the_original_build_here(tmp_path, embedder, default_da
     r = KNNRouter(art, embedder)
     assert r.targets == ['3B', '7B', '30B', '70B'] # cost order, not the file's or alphabetical
     assert r.route(d.queries[5]) == d.labels[5]
-    # and ours read back as the original's format: every target line names a known point
-    uids = {json.loads(l)['point_uid'] for l in open(art/'points.jsonl')}
-    assert all(json.loads(l)['point_uid'] in uids for l in open(art/'targets.jsonl'))
+    # and ours export back to the original's format: every target line names a known point
+    from query_router.knn import export_artifact
+    ex = export_artifact(art, tmp_path/'ex', progress=False)
+    uids = {json.loads(l)['point_uid'] for l in open(ex['points'])}
+    assert uids == set(ids) and all(json.loads(l)['point_uid'] in uids for l in open(ex['targets']))
 
 def test_graded_targets_give_weighted_means(tmp_path, embedder):
     import pandas as pd
