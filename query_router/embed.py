@@ -10,8 +10,9 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'EMBEDDER_KINDS', 'is_model2vec', 'StaticLookup', 'default_model_path',
-           'Embedder', 'point_uid', 'points_and_targets', 'write_jsonl', 'iter_jsonl', 'read_points', 'read_targets']
+__all__ = ['CHARS_PER_TOKEN', 'DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'EMBEDDER_KINDS', 'is_model2vec', 'clean_text', 'cut_text',
+           'StaticLookup', 'default_model_path', 'Embedder', 'point_uid', 'points_and_targets', 'write_jsonl',
+           'iter_jsonl', 'read_points', 'read_targets']
 
 # %% ../nbs/02_embed.ipynb #beb8a341
 def is_model2vec(path)->bool:
@@ -20,6 +21,18 @@ def is_model2vec(path)->bool:
     if not cfg.is_file(): return False
     try: return json.loads(cfg.read_text()).get('model_type') == 'model2vec'
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError): return False
+
+# %% ../nbs/02_embed.ipynb #c1ea7e12
+CHARS_PER_TOKEN = 8 # characters kept per token of the window: more than any real text uses
+
+def clean_text(text:str)->str:
+    "`text` with unpaired surrogates replaced by U+FFFD (a surrogate pair becomes its character)."
+    try: text.encode('utf-8'); return text
+    except UnicodeEncodeError: return text.encode('utf-16-le', 'surrogatepass').decode('utf-16-le', 'replace')
+
+def cut_text(text:str, window:int|None)->str:
+    "`text` cut to `CHARS_PER_TOKEN` characters per token of the model's `window` (512 when unknown), surrogates cleaned."
+    return clean_text(text[:CHARS_PER_TOKEN * (window or 512)])
 
 # %% ../nbs/02_embed.ipynb #4872c166
 class StaticLookup:
@@ -45,9 +58,10 @@ class StaticLookup:
         return cls(m.tokenizer, e, getattr(m, 'unk_token_id', None), ml, ml * getattr(m, 'median_token_length', 8) if ml else None)
     @classmethod
     def from_static_embedding(cls, se): # a sentence-transformers `StaticEmbedding` module
-        return cls(se.tokenizer, se.embedding.weight.detach().cpu().numpy(), None, None)
+        return cls(se.tokenizer, se.embedding.weight.detach().cpu().numpy(), None, None, CHARS_PER_TOKEN * 512) # no window: still bound the work per text
     def _ids(self, text:str)->list[int]:
         if self.char_cap and len(text) > self.char_cap: text = text[:self.char_cap]
+        text = clean_text(text)
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         if self.unk_id is not None and self.unk_id in ids: ids = [i for i in ids if i != self.unk_id]
         return ids
@@ -60,7 +74,7 @@ class StaticLookup:
         return v / n if n > 0 else v
     def encode_many(self, texts:list[str])->np.ndarray:
         "Unit-length embeddings of many texts, shape (n, dim): one batched tokenizer call, one segmented sum."
-        if self.char_cap: texts = [t[:self.char_cap] for t in texts]
+        texts = [clean_text(t[:self.char_cap] if self.char_cap else t) for t in texts]
         encs = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         flat = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lens.sum()))
@@ -127,10 +141,10 @@ class Embedder:
         "Embeddings of `texts`, shape (n, dim), unit length; one text gives shape (dim,)."
         one = isinstance(texts, str)
         if self.static is not None:
-            if one: return self.static.encode_one(texts)
-            texts = list(texts)
+            if one: return self.static.encode_one(cut_text(texts, self.max_seq_length))
+            texts = [cut_text(t, self.max_seq_length) for t in texts]
             return self.static.encode_one(texts[0])[None] if len(texts) == 1 else self.static.encode_many(texts)
-        texts = [texts] if one else list(texts)
+        texts = [cut_text(t, self.max_seq_length) for t in ([texts] if one else texts)] # bounded before tokenising
         if progress is None: progress = len(texts) > 1000
         e = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
         e = np.asarray(e, dtype=np.float32)
