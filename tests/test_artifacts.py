@@ -265,3 +265,16 @@ def test_local_embedder_travels_with_the_artifact(tmp_path, default_data):
     r = load_router(moved)
     hits, _ = r.explain_batch([default_data.queries[3]], k=1)
     assert hits[0][0]['similarity'] > 0.99 and r.embedder.name == str((moved/'embedder').resolve())
+
+def test_upgrade_classifier_format_1(tmp_path):
+    "A format 1 classifier folder gets a format 2 manifest over the same files (its own fields kept)."
+    from query_router.artifacts import sha256
+    old = tmp_path/'clf'; (old/'adapter').mkdir(parents=True); (old/'adapter'/'w.bin').write_bytes(b'weights')
+    (old/'manifest.json').write_text(json.dumps({'format_version': 1, 'kind': 'classifier', 'weights': 'adapter', 'base': {'name': 'x', 'fingerprint': [0.1]},
+        'targets': [{'name': '3B', 'cost': 0.1}, {'name': '70B', 'cost': 0.9}], 'settings': {'policy': 'argmax', 'param': None, 'max_length': 64},
+        'files': {'adapter/w.bin': sha256(old/'adapter'/'w.bin')}, 'created': '2026-01-01T00:00:00Z'}))
+    with pytest.raises(ArtifactError, match='query-router upgrade'): load_manifest(old)
+    upgrade_artifact(old, progress=False)
+    m = load_manifest(old, verify=True)
+    assert m['format_version'] == 2 and m['weights'] == 'adapter' and m['base']['name'] == 'x' and list(m['files']) == ['adapter/w.bin']
+    assert m['settings']['max_length'] == 64 and m['upgraded']['from_format'] == 1
