@@ -115,7 +115,7 @@ def build_index(settings:dict, # from `index_settings`
         for s, a in _chunks(emb_path, chunk, progress, 'annoy: adding'):
             for i, v in enumerate(a, s): idx.add_item(i, v)
         idx.build(settings['n_trees'], n_jobs=settings.get('threads', -1))
-        idx.unload()
+        idx.unload(); os.chmod(path, 0o644) # Annoy creates the file private
     else:
         import hnswlib
         idx = hnswlib.Index(space='ip', dim=dim)
