@@ -14,7 +14,7 @@ Synthetic recipe (256-d, deterministic, seed 0):
     out of distribution), embedded with the same model and projected the same way;
   - in-distribution queries: 200 points drawn by the same recipe with another seed.
 Recall@10 is measured against exact search over the same artifact's embeddings. Builds and loads each run in a
-fresh child process (peak RSS = the child's ru_maxrss); search times are single-vector `search` calls on a loaded router.
+fresh child process (peak RSS = the child's VmHWM); search times are single-vector `search` calls on a loaded router.
 Embeddings of the real queries go through `CachedEmbedder` (`--emb_cache`), so repeated runs embed nothing.
 """
 import argparse, json, os, platform, resource, subprocess, sys, time
@@ -28,7 +28,11 @@ def rss_mb()->float:
         if l.startswith('VmRSS:'): return int(l.split()[1]) / 1024
     return float('nan')
 
-def peak_mb()->float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb()->float:
+    "This process's peak RSS (VmHWM): unlike ru_maxrss, it does not inherit the parent's RSS at fork."
+    for l in open('/proc/self/status'):
+        if l.startswith('VmHWM:'): return int(l.split()[1]) / 1024
+    return float('nan')
 
 def projection()->np.ndarray:
     q, _ = np.linalg.qr(np.random.default_rng(SEED).normal(size=(384, DIM)))
@@ -82,7 +86,7 @@ def child_build(a):
     targets = [{'name': t, 'cost': c} for t, c in (('3B', 0.1), ('7B', 0.2), ('30B', 0.8), ('70B', 0.9))]
     t0 = time.perf_counter()
     p = write_knn(a.dir, synth_chunks(base, labels, a.n), a.n, DIM, targets, fake_embedder(), {'k': 10}, index=a.index, n_trees=a.n_trees,
-                  dtype=a.dtype, progress=False)
+                  dtype=a.dtype, progress=False, index_params={'ef_construction': a.ef_construction} if a.ef_construction else None)
     wall = time.perf_counter() - t0
     m = json.loads((Path(p)/'manifest.json').read_text())
     sizes = {f: e['bytes'] for f, e in m['files'].items()}
@@ -132,6 +136,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--child', default=None); ap.add_argument('--dir'); ap.add_argument('--n', type=int); ap.add_argument('--index', default='annoy')
     ap.add_argument('--n_trees', type=int, default=50); ap.add_argument('--dtype', default='float32'); ap.add_argument('--vectors')
+    ap.add_argument('--ef_construction', type=int, default=None) # hnsw build effort (default: the index's, 200)
     ap.add_argument('--sizes', default='100000'); ap.add_argument('--kinds', default='annoy,hnsw')
     ap.add_argument('--emb_cache', default=str(Path.home()/'.cache'/'query_router'/'embeddings'))
     ap.add_argument('--work', default='/tmp/qr-scale'); ap.add_argument('--timeout', type=int, default=7200)
@@ -156,7 +161,8 @@ def main():
             d = work/f'{kind}-{n}'
             key = f'{n}:{kind}'
             print(f'[{time.strftime("%H:%M:%S")}] build {key} (load {os.getloadavg()[0]:.1f})', flush=True)
-            b = run_child(['--child', 'build', '--dir', str(d), '--n', str(n), '--index', kind, '--n_trees', str(a.n_trees), '--dtype', a.dtype, '--vectors', str(vec)], a.timeout)
+            b = run_child(['--child', 'build', '--dir', str(d), '--n', str(n), '--index', kind, '--n_trees', str(a.n_trees), '--dtype', a.dtype, '--vectors', str(vec)]
+                          + (['--ef_construction', str(a.ef_construction)] if a.ef_construction and kind == 'hnsw' else []), a.timeout)
             print(f'  {b}', flush=True)
             subprocess.run(['sync']); 
             l = run_child(['--child', 'load', '--dir', str(d), '--vectors', str(vec)], a.timeout)
