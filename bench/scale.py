@@ -109,6 +109,7 @@ def child_load(a):
     truth = {name: exact_search(q, r.embeddings, 10)[0] for name, q in (('held_out_real', real), ('in_distribution', ind))} # all queries in one pass
     kind = r.manifest['settings']['index']['kind']
     sweep = {'annoy': ('search_k', [None, 5000, 10000, 20000, 50000]), 'hnsw': ('ef', [None, 50, 100, 400]), 'exact': (None, [None])}[kind]
+    if a.sweep: sweep = (sweep[0], [int(v) for v in a.sweep.split(',')])
     res['search'] = []
     for val in sweep[1]:
         if val is not None and kind == 'annoy': r.index.search_k = val
@@ -137,6 +138,7 @@ def main():
     ap.add_argument('--child', default=None); ap.add_argument('--dir'); ap.add_argument('--n', type=int); ap.add_argument('--index', default='annoy')
     ap.add_argument('--n_trees', type=int, default=50); ap.add_argument('--dtype', default='float32'); ap.add_argument('--vectors')
     ap.add_argument('--ef_construction', type=int, default=None) # hnsw build effort (default: the index's, 200)
+    ap.add_argument('--sweep', default=None) # child load: search_k / ef values to measure instead of the default sweep
     ap.add_argument('--sizes', default='100000'); ap.add_argument('--kinds', default='annoy,hnsw')
     ap.add_argument('--emb_cache', default=str(Path.home()/'.cache'/'query_router'/'embeddings'))
     ap.add_argument('--work', default='/tmp/qr-scale'); ap.add_argument('--timeout', type=int, default=7200)
