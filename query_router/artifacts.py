@@ -52,8 +52,8 @@ def _lock_path(out:Path)->Path: return out.parent/f'.{out.name}.lock'
 def artifact_lock(out, # the artifact folder to lock
                   timeout:float|None=None, # seconds to wait for another build (default `LOCK_TIMEOUT`; 0: fail at once)
                  ):
-    "Hold the exclusive build lock of `out` (re-entrant within a process)."
-    out = Path(out).absolute(); lp = _lock_path(out); key = str(lp)
+    "Hold the exclusive build lock of `out` (re-entrant within a thread)."
+    out = Path(out).absolute(); lp = _lock_path(out); key = (str(lp), threading.get_ident()) # re-entrant per thread: two threads building one folder still exclude each other
     with _held_lock:
         if key in _held: _held[key][1] += 1; mine = None
         else: mine = True
@@ -96,9 +96,10 @@ def recover(out, # artifact folder
     "Undo what an interrupted swap left: bring back the old copy when `out` is missing, delete leftovers; return what was done."
     out = Path(out); done = []
     olds = sorted(out.parent.glob(f'.{out.name}.old-*'), key=lambda p: p.stat().st_mtime)
-    if not out.exists() and olds and (olds[-1]/'manifest.json').exists():
-        os.replace(olds[-1], out); done.append(f'restored {out.name} from {olds[-1].name}'); olds = olds[:-1]
-    if out.exists():
+    if not out.exists():
+        complete = [o for o in olds if (o/'manifest.json').exists()]
+        if complete: os.replace(complete[-1], out); done.append(f'restored {out.name} from {complete[-1].name}'); olds.remove(complete[-1])
+    if out.exists() or clean_tmp: # what is left is either superseded or incomplete
         for o in olds: shutil.rmtree(o, ignore_errors=True); done.append(f'removed {o.name}')
     if clean_tmp:
         for t in out.parent.glob(f'.{out.name}.tmp-*'): shutil.rmtree(t, ignore_errors=True); done.append(f'removed {t.name}')
@@ -240,8 +241,7 @@ _EMB_SKIP = shutil.ignore_patterns('wandb', 'checkpoint-*', 'runs', '.cache', '*
 
 def _describe(embedder)->tuple[dict, str|None]:
     "The manifest description of an embedder, and the local folder to copy (None for the bundled model or a Hub id)."
-    if isinstance(embedder, dict): return dict(embedder), None
-    d = dict(embedder.describe()); name = d['name']
+    d = dict(embedder) if isinstance(embedder, dict) else dict(embedder.describe()); name = d['name']
     local = name if name != BUNDLED and os.path.isdir(name) else None
     return d, local
 

@@ -93,6 +93,7 @@ def write_knn(out, # the artifact folder to create or replace
               progress:bool=True, # progress bars
               verify:bool=True, # re-read every file at the end of the build and check its checksum
               lock_timeout:float|None=None, # seconds to wait for another build of `out`
+              copy_embedder:bool=True, # copy a local (fine-tuned, distilled) embedding model into the artifact
              )->Path:
     "Write a format 2 KNN artifact from a stream of chunks; return its path."
     if dtype not in ('float32', 'float16'): raise ValueError(f"dtype must be float32 or float16, not {dtype!r}")
@@ -123,7 +124,7 @@ def write_knn(out, # the artifact folder to create or replace
         got = {'files': files, 'metric': 'angular', 'n_points': n, 'dim': dim, 'dtype': dtype, 'columns': cols}
         if index == 'annoy': got['n_trees'] = s['index']['n_trees']
         return got
-    return write_artifact(out, 'knn', write_files, embedder=embedder, targets=targets, settings=s, extra=extra, verify=verify, lock_timeout=lock_timeout)
+    return write_artifact(out, 'knn', write_files, embedder=embedder, targets=targets, settings=s, extra=extra, verify=verify, lock_timeout=lock_timeout, copy_embedder=copy_embedder)
 
 def _array_chunks(meta:list[dict], x:np.ndarray, scores:np.ndarray, chunk:int):
     for s in range(0, len(x), chunk):
@@ -211,7 +212,7 @@ def build_artifacts(out, # artifact folder to write
                     keep_text:bool=True, # store the query text (False for private data)
                     chunk:int=4096, # queries embedded and written at a time
                     progress:bool=True, # progress bars
-                    **kw, # more `write_knn` options (index_params, verify, lock_timeout)
+                    **kw, # more `write_knn` options (index_params, verify, lock_timeout, copy_embedder)
                    )->Path:
     "Embed a routing dataset (or read the original's files) and write a KNN artifact folder."
     emb = model if isinstance(model, Embedder) else Embedder(model)
@@ -450,7 +451,7 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               k:int=10, # default neighbours stored in the manifest
               index:str='annoy', # annoy (default), hnsw, or exact (small sets)
               search_k:int=None, # annoy: nodes inspected per query (default 4 · n_trees · k)
-              ef:int=None, # hnsw: candidates explored per query (default 100)
+              ef:int=None, # hnsw: candidates explored per query (default 200)
               float16:bool=False, # store embeddings as float16 (half the size)
               no_text:bool=False, # do not store the query text (private data)
               seed:int=0, # index build seed
