@@ -621,7 +621,7 @@ def set_threads(threads:int|None=None, # torch CPU threads; default: 1 when the 
 def app_from_env():
     "The app described by the `QUERY_ROUTER_SERVE` environment variable: the factory each uvicorn worker calls."
     cfg = json.loads(os.environ[ENV_CONFIG])
-    r = load_router(cfg['artifacts'], cfg.get('router'), **({'k': cfg['k']} if cfg.get('k') else {}))
+    r = load_router(cfg['artifacts'], cfg.get('router'), **cfg.get('load', {}))
     set_threads(cfg.get('threads'), cfg.get('workers', 1))
     return make_app(r, backends=cfg.get('backends'), **cfg['options'])
 
@@ -633,6 +633,8 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               port:int=8888, # port
               router:str=None, # expected router kind: knn or classifier (default: the manifest's)
               k:int=None, # neighbours for the KNN router (default: the manifest's)
+              model:str=None, # embedding model folder or Hub id to use instead of the artifact's own (its fingerprint must match)
+              verify:bool=False, # check every file's SHA-256 before serving (cheap size and shape checks always run)
               max_body:int=65536, # largest request body in bytes
               max_batch:int=256, # most queries in one /batch request
               backends:str=None, # backends file (YAML or JSON): also serve an OpenAI-compatible routing proxy at /v1
@@ -662,6 +664,7 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
         from query_router.ray_serve import ray_serve_cli
         return ray_serve_cli.__wrapped__(artifacts, host, port, router, k, max_body, max_batch, backends)
     import uvicorn
+    load = {**({'k': k} if k else {}), **({'embedder': model} if model else {}), **({'verify': True} if verify else {})}
     opts = dict(max_body=max_body, max_batch=max_batch, batch_max=batch_max, batch_wait=batch_wait, batch_tokens=batch_tokens, max_k=max_k,
                 queue_max=queue_max, deadline=deadline, body_timeout=body_timeout, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
                 lock=lock, embed_batch=embed_batch or None, api_keys=api_keys, rate_limit=rate_limit, cors_origins=_split(cors), allowed_hosts=_split(allowed_hosts), docs=docs)
@@ -673,14 +676,14 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
     uv = dict(host=host, port=port, log_level='info', **_uvicorn_options(ServeOptions(**opts)))
     os.environ['QUERY_ROUTER_HEADER_TIMEOUT'] = str(header_timeout) # read by `GuardedHttp` in every worker
     if workers > 1:
-        os.environ[ENV_CONFIG] = json.dumps({'artifacts': str(artifacts), 'router': router, 'k': k, 'backends': backends, 'options': opts,
+        os.environ[ENV_CONFIG] = json.dumps({'artifacts': str(artifacts), 'router': router, 'load': load, 'backends': backends, 'options': opts,
                                              'threads': threads, 'workers': workers})
         load_manifest_only = Path(artifacts)/'manifest.json'
         if not load_manifest_only.exists(): raise ValueError(f"{artifacts}: not an artifact folder (no manifest.json)")
         print(f"serving {artifacts} on http://{host}:{port} with {workers} workers", flush=True)
         uvicorn.run('query_router.serve:app_from_env', factory=True, workers=workers, **uv)
         return
-    r = load_router(artifacts, router, **({'k': k} if k else {}))
+    r = load_router(artifacts, router, **load)
     n = set_threads(threads)
     print(f"serving {r!r} on http://{host}:{port}" + (f" ({n} torch threads)" if n else ''), flush=True)
     uvicorn.run(make_app(r, backends=backends, **opts), **uv)
