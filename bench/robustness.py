@@ -57,9 +57,17 @@ class MergingCache(ev.CachedEmbedder):
             for k, v in zip(z['keys'].tolist(), z['vecs']): self._mem.setdefault(k, v)
             self._seen_mtime = mt
         except Exception: pass
+    same_tokens = False # set by `check_uncased`: texts equal up to case and whitespace share one embedding
     def encode(self, texts, progress=None):
         self._merge()
-        return super().encode(texts, progress)
+        if not self.same_tokens or isinstance(texts, str): return super().encode(texts, progress)
+        rep = self.__dict__.setdefault('_rep', {})
+        return super().encode([rep.setdefault(' '.join(t.lower().split()), t) for t in texts], progress)
+    def check_uncased(self, probe=('Explain  the TCP handshake.\nBriefly', 'Écris un poème sur la mer')):
+        "Whether the model's tokenizer ignores case and whitespace (all-MiniLM-L6-v2 lower-cases and splits on whitespace): then casing and whitespace rewrites need no new embeddings. Checked, not assumed."
+        a = self.base.encode(list(probe)); b = self.base.encode([' '.join(t.lower().split()) for t in probe])
+        self.same_tokens = bool(np.abs(a - b).max() < 1e-5)
+        return self.same_tokens
     def save(self):
         if not (self.cache_dir and self._dirty): return
         self._merge(); super().save()
@@ -223,8 +231,8 @@ def pick(res:dict, name:str)->dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--only', choices=['default', 'llmrouter'], help='one dataset')
-    ap.add_argument('--n', type=int, default=400, help='test requests to rewrite (LLMRouter)')
-    ap.add_argument('--n-default', type=int, default=300, help='test requests to rewrite (default data; its test split has 456)')
+    ap.add_argument('--n', type=int, default=200, help='test requests to rewrite (LLMRouter; the issue used 400: --n 400 on a quiet machine)')
+    ap.add_argument('--n-default', type=int, default=200, help='test requests to rewrite (default data; its test split has 456)')
     ap.add_argument('--per-family', type=int, default=1, help='seen variants per family (greetings and politeness: one more)')
     ap.add_argument('--heldout-per-family', type=int, default=1)
     ap.add_argument('--heldout-families', default=HELDOUT_FAMILIES, help="families with held-out variants to run ('all' for every family)")
@@ -248,11 +256,12 @@ def main():
             variants += seen[:PER_FAMILY.get(f, 0) + args.per_family] + (hv[:args.heldout_per_family] if hf else [])
     spec = None if args.no_canon else load_canon_spec()
     emb = MergingCache(cache_dir=args.cache)
+    emb.check_uncased()
     names = [args.only] if args.only else ['default'] + (['llmrouter'] if has_shared_data() else [])
     out = {'meta': {'what': 'share of routes that flip when a test request is rewritten harmlessly; robustness = 1 - mean over families of that share (seen variants; held-out separately)',
                     'variants': [{'family': f, 'name': v['name'], 'heldout': bool(v.get('heldout'))} for f, v in variants],
                     'canonicalize': spec, 'margins': list(MARGINS), 'n': args.n, 'seed': args.seed, 'embedder': str(emb.name),
-                    'command': 'python bench/robustness.py ' + ' '.join(sys.argv[1:]), 'host': platform.node(), 'cpu_count': os.cpu_count(), 'loadavg_start': load0},
+                    'command': 'python bench/robustness.py ' + ' '.join(sys.argv[1:]), 'embedding_shared_up_to_case_and_whitespace': emb.same_tokens, 'host': platform.node(), 'cpu_count': os.cpu_count(), 'loadavg_start': load0},
            'datasets': {}}
     if 'llmrouter' not in names: out['meta']['skipped'] = 'llmrouter: ../shared/data/llmrouter not found'
     p = Path(args.out)
