@@ -228,6 +228,24 @@ def pick(res:dict, name:str)->dict:
                     for m, v in c['margins'].items()}
     return out
 
+def markdown(out:dict)->str:
+    "The headline tables: robustness (seen / held-out), worst family, jumps and quality, per router and remedy."
+    lines = []
+    for name, res in out['datasets'].items():
+        q = 'accuracy' if res['kind'] == 'tiers' else 'cal_quality'
+        lines += [f"### {name} ({res['n_test']} test requests, {len(out['meta']['variants'])} rewrite variants)", '',
+                  f"| router | remedies | robustness (seen) | held-out | worst family (flips) | flips > 1 target apart | max jump | {q} |", '|---|---|---:|---:|---|---:|---:|---:|']
+        for key, c in res['configs'].items():
+            for m, v in c['margins'].items():
+                if m not in ('0', '0.1/cheaper', '0.2/cheaper', '0.1/capable'): continue
+                a = v['argmax']['seen']; h = v['argmax']['heldout']
+                worst = max(a['families'].items(), key=lambda kv: kv[1]['flip_share'])
+                rem = ' + '.join(x for x in [('canonicalise' if c['canonicalize'] else ''), (f"margin {m}" if m != '0' else '')] if x) or '–'
+                lines.append(f"| {c['router']} | {rem} | {a['robustness']:.3f} | {h['robustness'] if h['robustness'] is None else round(h['robustness'], 3)} | "
+                             f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} | {a['max_jump']} | {v.get(q, float('nan')):.3f} |")
+        lines.append('')
+    return '\n'.join(lines)
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--only', choices=['default', 'llmrouter'], help='one dataset')
@@ -278,6 +296,7 @@ def main():
             out['meta'].update(loadavg_end=os.getloadavg(), wall_s=round(time.time() - t0, 1))
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, p)
+            p.with_suffix('.md').write_text(markdown(out))
             log(f'wrote {p}')
 
 if __name__ == '__main__': main()
