@@ -33,6 +33,7 @@ from query_router import evaluate as ev # routers may move to their own modules 
 
 RESULTS = ROOT/'bench'/'results'
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+LAMBDA_STRIDE = 1 # every λ of evaluate.param_grid (--lambda-stride 4: a quarter of them, on a busy CPU)
 PER_FAMILY = {'greetings': 2, 'politeness': 2} # seen variants per family (others: --per-family)
 HELDOUT_FAMILIES = 'typos,greetings,politeness,markdown,chat' # families whose first held-out variant runs by default (--all-variants: every one)
 
@@ -112,7 +113,7 @@ def outcomes(data):
 def calibrate_lambda(S, O, costs, budget, margin=0.0, tie_break='cheaper'):
     "The utility λ with the best quality within `budget` (mean cost) on calibration scores, for this margin rule."
     best = None
-    for lam in ev.param_grid('utility'):
+    for lam in ev.param_grid('utility')[::LAMBDA_STRIDE]:
         ch = decide(S, 'utility', float(lam), costs, margin, tie_break)
         q, c = ev.route_value(ch, O, costs)
         if c <= budget + 1e-12 and (best is None or q > best[1] + 1e-12): best = (float(lam), q, c)
@@ -168,7 +169,7 @@ def run_dataset(name, args, emb, variants, spec, work, log):
     log(f'{name}: embedded {len(emb._mem)} texts in cache ({time.time() - t0:.0f}s)')
     kinds = [k.strip() for k in args.routers.split(',')]
     configs = {}
-    for canon_on in ([False, True] if spec else [False]):
+    for canon_on in ([True] if args.only_canon else [False, True] if spec else [False]):
         canon = spec if canon_on else None
         t = time.time()
         main = build_routers(full, emb, work, canon, kinds)
@@ -193,7 +194,7 @@ def run_dataset(name, args, emb, variants, spec, work, log):
             S0 = r.score_batch(test.queries); SV = {vn: r.score_batch(texts[vn]) for vn in vnames}
             Sv_tune = tuner[rname].score_batch(tune.queries) if (test.kind == 'outcomes' and rname in tuner) else None
             cfg = {'router': rname, 'canonicalize': canon_on, **({'smooth': r.chosen} if hasattr(r, 'chosen') else {}), 'margins': {}}
-            for m in MARGINS:
+            for m in args.margins:
                 for tb in (('cheaper', 'capable') if m > 0 else ('cheaper',)):
                     i0 = decide(S0, 'argmax', None, costs, m, tb)
                     res = {'quality': ev.route_value(i0, O, costs)[0], 'cost_rel': ev.route_value(i0, O, costs)[1] / costs[ref]}
@@ -208,7 +209,8 @@ def run_dataset(name, args, emb, variants, spec, work, log):
                             res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
                             res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, held)
                     cfg['margins'][f'{m:g}' + ('' if m == 0 else f'/{tb}')] = res
-            configs[f"{rname}{' +canon' if canon_on else ''}"] = cfg
+            if args.tag: cfg['tag'] = args.tag
+            configs[f"{rname}{' +canon' if canon_on else ''}{args.tag}"] = cfg
             b = cfg['margins']['0']
             log(f"  {rname:16} canon={canon_on!s:5} robustness {b['argmax']['seen']['robustness']:.3f} (held-out {b['argmax']['heldout']['robustness']:.3f}) "
                 f"{'acc %.3f' % b['accuracy'] if 'accuracy' in b else 'q %.3f cal_q %s' % (b['quality'], round(b.get('cal_quality', float('nan')), 4))} ({time.time() - t:.0f}s)")
@@ -240,11 +242,27 @@ def markdown(out:dict)->str:
                 if m not in ('0', '0.1/cheaper', '0.2/cheaper', '0.1/capable'): continue
                 a = v['argmax']['seen']; h = v['argmax']['heldout']
                 worst = max(a['families'].items(), key=lambda kv: kv[1]['flip_share'])
-                rem = ' + '.join(x for x in [('canonicalise' if c['canonicalize'] else ''), (f"margin {m}" if m != '0' else '')] if x) or '–'
+                rem = ' + '.join(x for x in [('canonicalise' + (c.get('tag') or '') if c['canonicalize'] else ''), (f"margin {m}" if m != '0' else '')] if x) or '–'
                 lines.append(f"| {c['router']} | {rem} | {a['robustness']:.3f} | {h['robustness'] if h['robustness'] is None else round(h['robustness'], 3)} | "
                              f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} | {a['max_jump']} | {v.get(q, float('nan')):.3f} |")
         lines.append('')
     return '\n'.join(lines)
+
+def merge(paths:list, out:str):
+    "One results file from several runs (e.g. the default data and LLMRouter run apart on a busy machine): datasets and configurations joined, each run's meta kept."
+    res = {'meta': None, 'datasets': {}, 'runs': []}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        res['meta'] = res['meta'] or dict(d['meta'])
+        res['runs'].append({k: d['meta'].get(k) for k in ('command', 'n', 'margins', 'lambda_stride', 'loadavg_start', 'loadavg_end', 'wall_s', 'canonicalize')} | {'datasets': list(d['datasets'])})
+        for name, r in d['datasets'].items():
+            if name not in res['datasets']: res['datasets'][name] = r
+            else:
+                for k, c in r['configs'].items(): c['canonicalize_spec'] = d['meta'].get('canonicalize'); res['datasets'][name]['configs'].setdefault(k, c)
+    for k in ('command', 'loadavg_start', 'loadavg_end', 'wall_s'): res['meta'].pop(k, None)
+    p = Path(out); tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(res, indent=1)); os.replace(tmp, p)
+    p.with_suffix('.md').write_text(markdown(res))
+    return res
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -257,11 +275,20 @@ def main():
     ap.add_argument('--all-variants', action='store_true', help='every variant in rewrites.json')
     ap.add_argument('--routers', default='knn10,knn30,logreg,tfidf,hybrid')
     ap.add_argument('--no-canon', action='store_true')
+    ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. adding final_punctuation')
+    ap.add_argument('--only-canon', action='store_true', help='skip the routers without canonicalisation')
+    ap.add_argument('--margins', default=','.join(f'{m:g}' for m in MARGINS), help='margin-rule bands to measure')
+    ap.add_argument('--lambda-stride', type=int, default=1, help='use every n-th λ of the calibration grid (faster)')
+    ap.add_argument('--tag', default='', help='suffix for the configuration names (to merge runs)')
     ap.add_argument('--finetuned', help='an embedder fine-tuned (06_finetune, --rewrites) on the default data\'s training split')
     ap.add_argument('--cache', default=str(Path(os.environ.get('QUERY_ROUTER_CACHE', Path.home()/'.cache'/'query_router'))/'robustness'))
     ap.add_argument('--out', default=str(RESULTS/'robustness.json'))
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--merge', nargs='+', help='join these result files into --out instead of running')
     args = ap.parse_args()
+    if args.merge: return merge(args.merge, args.out)
+    args.margins = [float(m) for m in args.margins.split(',')]
+    global LAMBDA_STRIDE; LAMBDA_STRIDE = args.lambda_stride
     t0, load0 = time.time(), os.getloadavg()
     log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
     fams = load_rewrites()
@@ -272,13 +299,13 @@ def main():
             seen = select_variants(fams, False, only=[f]); hv = select_variants(fams, True, only=[f])
             hf = args.heldout_families == 'all' or f in args.heldout_families.split(',')
             variants += seen[:PER_FAMILY.get(f, 0) + args.per_family] + (hv[:args.heldout_per_family] if hf else [])
-    spec = None if args.no_canon else load_canon_spec()
+    spec = None if args.no_canon else load_canon_spec(steps=args.canon_steps.split(',') if args.canon_steps else None)
     emb = MergingCache(cache_dir=args.cache)
     emb.check_uncased()
     names = [args.only] if args.only else ['default'] + (['llmrouter'] if has_shared_data() else [])
     out = {'meta': {'what': 'share of routes that flip when a test request is rewritten harmlessly; robustness = 1 - mean over families of that share (seen variants; held-out separately)',
                     'variants': [{'family': f, 'name': v['name'], 'heldout': bool(v.get('heldout'))} for f, v in variants],
-                    'canonicalize': spec, 'margins': list(MARGINS), 'n': args.n, 'seed': args.seed, 'embedder': str(emb.name),
+                    'canonicalize': spec, 'margins': args.margins, 'lambda_stride': args.lambda_stride, 'n': args.n, 'seed': args.seed, 'embedder': str(emb.name),
                     'command': 'python bench/robustness.py ' + ' '.join(sys.argv[1:]), 'embedding_shared_up_to_case_and_whitespace': emb.same_tokens, 'host': platform.node(), 'cpu_count': os.cpu_count(), 'loadavg_start': load0},
            'datasets': {}}
     if 'llmrouter' not in names: out['meta']['skipped'] = 'llmrouter: ../shared/data/llmrouter not found'
