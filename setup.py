@@ -35,7 +35,7 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
-    package_data={cfg['lib_path']: ['data/*.csv', 'data/*.json', 'data/*.md']}, # the default dataset (query_router/data links to ../data)
+    package_data={cfg['lib_path']: ['*.json', 'data/*.csv', 'data/*.json', 'data/*.md']}, # rule files, and the default dataset (query_router/data links to ../data)
     install_requires=requirements,
     extras_require=extras,
     python_requires='>=' + min_python,

@@ -14,11 +14,12 @@ from .data import *
 from .embed import *
 from .router import decide
 from .knn import knn_scores, _swap_into_place
+from .canonical import load_rewrites, select_variants, rewrite
 
 # %% auto #0
 __all__ = ['LABEL_MODES', 'LOSSES', 'DEFAULT_MARGIN', 'SAMPLERS', 'training_labels', 'route_metrics', 'RoutingEvaluator',
-           'make_loss', 'training_dataset', 'batch_loss', 'triplet_stats', 'wandb_report_to', 'plot_run',
-           'finetune_embedder', 'finetune_cli']
+           'make_loss', 'training_dataset', 'rewrite_examples', 'rewrite_datasets', 'batch_loss', 'triplet_stats',
+           'wandb_report_to', 'plot_run', 'finetune_embedder', 'finetune_cli']
 
 # %% ../nbs/06_finetune.ipynb #d0239c83
 LABEL_MODES = ('auto', 'tiers', 'cheapest', 'successes')
@@ -132,6 +133,30 @@ def training_dataset(queries:list[str], labels:list, loss:str='batch_all', seed:
     if not pairs: raise ValueError("mnrl needs classes with at least 2 queries; every class here has 1")
     return Dataset.from_dict({'anchor': [a for a, _ in pairs], 'positive': [p for _, p in pairs]})
 
+# %% ../nbs/06_finetune.ipynb #4c4a4e08
+def rewrite_examples(queries:list[str], # training queries
+                     n:int=1, # rewrites per query
+                     seed:int=0,
+                     families:dict|None=None, # rewrite families (default: the package's rewrites.json); held-out variants are never used
+                    )->list[tuple[int, str]]:
+    "(query index, rewritten text) pairs: `n` different seen rewrite variants per query, drawn at random."
+    vs = select_variants(families or load_rewrites(), heldout=False)
+    if not vs: raise ValueError("no seen rewrite variants to train with")
+    rng, out = np.random.default_rng(seed), []
+    for i, q in enumerate(queries):
+        for j in rng.choice(len(vs), min(n, len(vs)), replace=False):
+            t = rewrite(q, vs[int(j)][1])
+            if t != q: out.append((i, t))
+    return out
+
+def rewrite_datasets(queries:list[str], labels:list, n:int=1, loss:str='batch_all', seed:int=0)->dict:
+    "Training sets with rewrites: {'classes': the triplet rows plus the rewrites with their query's label, 'rewrites': (anchor, positive) pairs}."
+    from datasets import Dataset
+    ex = rewrite_examples(queries, n, seed)
+    qs = list(queries) + [t for _, t in ex]; ls = list(labels) + [labels[i] for i, _ in ex]
+    return {'classes': training_dataset(qs, ls, loss, seed),
+            'rewrites': Dataset.from_dict({'anchor': [queries[i] for i, _ in ex], 'positive': [t for _, t in ex]})}
+
 # %% ../nbs/06_finetune.ipynb #e4d8d411
 def batch_loss(model, # `SentenceTransformer`, `Embedder`, Hub id or path
                queries:list[str], labels:list, # the queries and their classes
@@ -233,6 +258,8 @@ def finetune_embedder(data, # training queries: `RoutingData`, or a dataset path
                       use_wandb:bool=True, # log to Weights & Biases (offline without WANDB_API_KEY)
                       run_name:str|None=None, # the W&B run's name
                       logging_steps:int|None=None, # log the loss every this many steps (default: about 10 points per epoch)
+                      rewrites:int=0, # rewritten copies of each training query (seen rewrite variants): same class, and positives of an MNRL loss next to the triplet loss
+                      max_steps:int|None=None, # stop after this many optimiser steps (a bounded run on a CPU)
                       seed:int=0,
                      )->dict:
     "Fine-tune a sentence-transformers model on routing labels; save it to `out`; return the run's metrics."
@@ -244,7 +271,9 @@ def finetune_embedder(data, # training queries: `RoutingData`, or a dataset path
     if epochs < 1 or batch_size < 2 or lr <= 0 or not 0 <= warmup < 1: raise ValueError(f"need epochs >= 1, batch_size >= 2, lr > 0 and 0 <= warmup < 1; got {epochs}, {batch_size}, {lr}, {warmup}")
     if margin is not None and not 0 < margin < 2: raise ValueError(f"margin {margin} does not fit cosine distance, which lies in [0, 2]: use 0 < margin < 2 (default {DEFAULT_MARGIN})")
     ys = training_labels(data, labels, threshold)
-    train = training_dataset(data.queries, ys, loss, seed)
+    if rewrites and loss == 'mnrl': raise ValueError("rewrites need a triplet loss (the rewrite pairs get their own MNRL loss next to it), not loss='mnrl'")
+    train = rewrite_datasets(data.queries, ys, rewrites, loss, seed) if rewrites else training_dataset(data.queries, ys, loss, seed)
+    n_rows = sum(len(d) for d in train.values()) if rewrites else len(train)
     st, base_name = _load_base(model)
     if max_seq_length: st.max_seq_length = int(max_seq_length)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,13 +282,14 @@ def finetune_embedder(data, # training queries: `RoutingData`, or a dataset path
     try:
         report_to, wandb_mode = wandb_report_to(use_wandb, tmp)
         evaluator = RoutingEvaluator(data, eval_data, k, threshold) if eval_data is not None else None
-        steps = math.ceil(len(train) / batch_size)
+        steps = math.ceil(n_rows / batch_size)
         args = SentenceTransformerTrainingArguments(
-            output_dir=str(tmp/'trainer'), num_train_epochs=epochs, per_device_train_batch_size=batch_size, learning_rate=lr,
-            warmup_steps=int(math.ceil(warmup * steps * epochs)), batch_sampler=sampler, seed=seed, data_seed=seed,
+            output_dir=str(tmp/'trainer'), num_train_epochs=epochs, max_steps=int(max_steps) if max_steps else -1, per_device_train_batch_size=batch_size, learning_rate=lr,
+            warmup_steps=int(math.ceil(warmup * (min(max_steps, steps * epochs) if max_steps else steps * epochs))), batch_sampler=sampler, seed=seed, data_seed=seed,
             eval_strategy='epoch' if evaluator else 'no', save_strategy='no', logging_steps=logging_steps or max(1, steps // 10),
             logging_first_step=True, report_to=report_to or 'none', run_name=run_name or f'finetune-{out.name}')
-        trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=train, loss=make_loss(st, loss, margin), evaluator=evaluator)
+        lossf = {'classes': make_loss(st, loss, margin), 'rewrites': make_loss(st, 'mnrl')} if rewrites else make_loss(st, loss, margin)
+        trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=train, loss=lossf, evaluator=evaluator)
         if evaluator: trainer.evaluate() # the base model: epoch 0
         t1 = time.time()
         res = trainer.train()
@@ -270,7 +300,7 @@ def finetune_embedder(data, # training queries: `RoutingData`, or a dataset path
         shutil.rmtree(tmp/'trainer', ignore_errors=True)
         st.save(str(tmp))
         loss_curve, evals = _history(trainer, evaluator)
-        metrics = {'base_model': str(base_name), 'out': str(out), 'data': data.source, 'kind': data.kind, 'n_train': len(data), 'n_pairs_or_rows': len(train),
+        metrics = {'base_model': str(base_name), 'out': str(out), 'data': data.source, 'kind': data.kind, 'n_train': len(data), 'n_pairs_or_rows': n_rows, 'rewrites': rewrites, 'max_steps': max_steps,
                    'eval_data': eval_data.source if eval_data is not None else None, 'n_eval': len(eval_data) if eval_data is not None else 0,
                    'labels': labels if labels != 'auto' else ('tiers' if data.kind == 'tiers' else 'cheapest'), 'n_classes': len(set(ys)), 'threshold': threshold,
                    'loss': loss, 'distance': 'cosine', 'margin': (DEFAULT_MARGIN if margin is None else margin) if loss in ('batch_all', 'batch_hard', 'batch_semi_hard') else None,
@@ -308,6 +338,8 @@ def finetune_cli(out:str='models/finetuned', # folder to save the fine-tuned mod
                  k:int=10, # neighbours in the evaluator's vote
                  max_seq_length:int=None, # truncate queries to this many tokens
                  no_wandb:store_true=False, # do not log to Weights & Biases
+                 rewrites:int=0, # rewritten copies of each training query as positives (issue 19)
+                 max_steps:int=None, # stop after this many steps
                  seed:int=0,
                 ):
     "Fine-tune the router's embedding model and report KNN routing before and after."
@@ -319,7 +351,7 @@ def finetune_cli(out:str='models/finetuned', # folder to save the fine-tuned mod
         train, _, ev = split_data(d, split, seed=seed)
     m = finetune_embedder(train, out, model, ev, labels=labels, threshold=threshold, loss=loss, margin=margin, epochs=epochs,
                           batch_size=batch_size, lr=lr, warmup=warmup, sampler=sampler, k=k, max_seq_length=max_seq_length,
-                          use_wandb=not no_wandb, seed=seed)
+                          use_wandb=not no_wandb, rewrites=rewrites, max_steps=max_steps, seed=seed)
     lc = m['loss_curve']
     print(f"saved {out}: {m['steps']} steps in {m['train_s']}s (wall {m['wall_s']}s), loss {lc[0]['loss']:.4f} -> {lc[-1]['loss']:.4f}")
     for e in m['evaluations']: print(f"  epoch {e['epoch']:g}: " + ', '.join(f'{k} {e[k]:.4f}' for k in ('accuracy', 'quality', 'cost') if k in e))

@@ -1,0 +1,329 @@
+"""Same request, same route? The robustness benchmark of issue 19.
+
+Every router kind is built on a training split; each test request is rewritten harmlessly (families and variants
+from `query_router/rewrites.json`: typos, casing, greetings and sign-offs, politeness, whitespace, markdown,
+punctuation, chat templates) and routed again. Reported per router, remedy and family: the share of routes that
+flip, how far they jump (targets apart, cheapest first), and what the flips cost in quality and money; robustness
+is 1 - the mean over families of the share of flips, on the seen variants and, separately, on the held-out ones
+(which no remedy was written or tuned on).
+
+Remedies, alone and together: canonicalisation before embedding (`query_router.canonical`, index and queries),
+smoother KNN scores (more neighbours, similarity temperature), the margin rule of `decide` (near-ties settled by a
+fixed rule), an embedder fine-tuned with rewrites as positives (`--finetuned-default`). Their settings are tuned
+on training data only (the default data's validation split; a held-out fifth of LLMRouter's train.jsonl).
+
+    python bench/robustness.py                          # both datasets, 400 test requests each
+    python bench/robustness.py --only default --n 100   # a quick look
+    python bench/robustness.py --all-variants           # every variant of rewrites.json (FULL; slow on a CPU)
+
+Writes bench/results/robustness.json. Embeddings are cached (--cache, default ~/.cache/query_router/robustness).
+"""
+import argparse, json, os, platform, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+from query_router.core import has_shared_data
+from query_router.data import load_default_dataset, load_llmrouter, split_data
+from query_router.router import Router, decide
+from query_router.canonical import load_rewrites, select_variants, rewrite, load_canon_spec, canonicalize_data
+from query_router import evaluate as ev # routers may move to their own modules (issue 17): looked up defensively below
+
+RESULTS = ROOT/'bench'/'results'
+MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+LAMBDA_STRIDE = 1 # every λ of evaluate.param_grid (--lambda-stride 4: a quarter of them, on a busy CPU)
+PER_FAMILY = {'greetings': 2, 'politeness': 2} # seen variants per family (others: --per-family)
+HELDOUT_FAMILIES = 'typos,greetings,politeness,markdown,chat' # families whose first held-out variant runs by default (--all-variants: every one)
+
+def _find(name):
+    "A router class or helper from its module of the day (query_router.linear, .tfidf, .hybrid ... or evaluate)."
+    import importlib
+    for mod in ('evaluate', 'linear', 'tfidf', 'hybrid', 'knn', 'routers'):
+        try: m = importlib.import_module(f'query_router.{mod}')
+        except ImportError: continue
+        if hasattr(m, name): return getattr(m, name)
+    return None
+
+class MergingCache(ev.CachedEmbedder):
+    "A `CachedEmbedder` that picks up, and keeps, what other processes wrote to the same cache meanwhile."
+    _seen_mtime = None
+    def _merge(self):
+        if not (self.cache_dir and self.file.exists()): return
+        mt = self.file.stat().st_mtime
+        if mt == self._seen_mtime: return
+        try:
+            z = np.load(self.file)
+            for k, v in zip(z['keys'].tolist(), z['vecs']): self._mem.setdefault(k, v)
+            self._seen_mtime = mt
+        except Exception: pass
+    same_tokens = False # set by `check_uncased`: texts equal up to case and whitespace share one embedding
+    def encode(self, texts, progress=None):
+        self._merge()
+        if not self.same_tokens or isinstance(texts, str): return super().encode(texts, progress)
+        rep = self.__dict__.setdefault('_rep', {})
+        return super().encode([rep.setdefault(' '.join(t.lower().split()), t) for t in texts], progress)
+    def check_uncased(self, probe=('Explain  the TCP handshake.\nBriefly', 'Écris un poème sur la mer')):
+        "Whether the model's tokenizer ignores case and whitespace (all-MiniLM-L6-v2 lower-cases and splits on whitespace): then casing and whitespace rewrites need no new embeddings. Checked, not assumed."
+        a = self.base.encode(list(probe)); b = self.base.encode([' '.join(t.lower().split()) for t in probe])
+        self.same_tokens = bool(np.abs(a - b).max() < 1e-5)
+        return self.same_tokens
+    def save(self):
+        if not (self.cache_dir and self._dirty): return
+        self._merge(); super().save()
+        if self.file.exists(): self._seen_mtime = self.file.stat().st_mtime
+
+class SoftKNN(Router):
+    "A KNN router's neighbours, more of them, weighted by exp(similarity / temperature): smoother scores."
+    def __init__(self, knn, k:int=30, temperature:float=0.05):
+        self.knn, self.k, self.temperature = knn, k, temperature
+        self.targets, self.costs, self.manifest = knn.targets, knn.costs, knn.manifest # the artifact's settings (canonicalize) apply here too
+    def score_batch(self, queries):
+        idx, sims = self.knn.search(self.knn.embedder.encode(list(queries)), self.k)
+        w = np.exp((sims - sims.max(1, keepdims=True)) / self.temperature)
+        return np.einsum('nk,nkt->nt', w, self.knn.scores_matrix[idx]) / w.sum(1, keepdims=True)
+    def describe(self): return {'router': 'soft-knn', 'k': self.k, 'temperature': self.temperature, 'targets': self.targets}
+
+def build_knn(data, emb, k, work, canon=None):
+    "A KNN artifact from `data` (canonicalised, with the spec recorded in the manifest, when `canon`)."
+    from query_router.knn import build_artifacts, KNNRouter
+    out = Path(tempfile.mkdtemp(prefix='knn-', dir=work))/'artifact'
+    settings = {'k': k, **({'canonicalize': canon} if canon else {})}
+    build_artifacts(out, canonicalize_data(data, canon) if canon else data, emb, settings=settings)
+    return KNNRouter(out, emb, k=k)
+
+def build_routers(data, emb, work, canon=None, kinds=('knn10', 'knn30', 'logreg', 'tfidf', 'hybrid')):
+    "name -> fitted router, every kind available; canonicalised training text and queries when `canon`."
+    d = canonicalize_data(data, canon) if canon else data
+    out = {}
+    if 'knn10' in kinds or 'hybrid' in kinds: out['knn10'] = build_knn(data, emb, 10, work, canon)
+    if 'knn30' in kinds or 'hybrid' in kinds: out['knn30'] = build_knn(data, emb, 30, work, canon)
+    LR, TF, EN = _find('LogRegRouter'), _find('TfidfRouter'), _find('EnsembleRouter')
+    if LR and ('logreg' in kinds or 'hybrid' in kinds): out['logreg'] = LR(emb).fit(d)
+    if TF and ('tfidf' in kinds or 'hybrid' in kinds): out['tfidf'] = TF().fit(d)
+    if EN and 'hybrid' in kinds and all(x in out for x in ('knn30', 'logreg', 'tfidf')): out['hybrid'] = EN([out['knn30'], out['logreg'], out['tfidf']])
+    for name, r in out.items():
+        if canon and not getattr(r, 'manifest', None): r.canonicalize = canon
+    return {k: v for k, v in out.items() if k in kinds}
+
+def outcomes(data):
+    return ev.outcome_matrix(data)
+
+def calibrate_lambda(S, O, costs, budget, margin=0.0, tie_break='cheaper'):
+    "The utility λ with the best quality within `budget` (mean cost) on calibration scores, for this margin rule."
+    best = None
+    for lam in ev.param_grid('utility')[::LAMBDA_STRIDE]:
+        ch = decide(S, 'utility', float(lam), costs, margin, tie_break)
+        q, c = ev.route_value(ch, O, costs)
+        if c <= budget + 1e-12 and (best is None or q > best[1] + 1e-12): best = (float(lam), q, c)
+    return best[0] if best else None
+
+def flip_stats(i0, iv, O, costs):
+    "Flips between the original routes `i0` and the rewritten ones `iv`: share, jumps, quality and cost change."
+    f = iv != i0; jump = np.abs(iv - i0)[f]; r = np.arange(len(i0))
+    dq = O[r, iv] - O[r, i0]; dc = costs[iv] - costs[i0]
+    return {'flip_share': float(f.mean()), 'flips': int(f.sum()), 'mean_jump': float(jump.mean()) if f.any() else 0.0,
+            'max_jump': int(jump.max()) if f.any() else 0, 'flips_over_1_apart': int((jump > 1).sum()),
+            'delta_quality': float(dq.mean()), 'delta_cost': float(dc.mean()), 'mean_abs_delta_cost': float(np.abs(dc).mean())}
+
+def summarise(per_variant:dict, fam_of:dict, held:dict)->dict:
+    "Per family means and robustness (1 - mean over families of the flip share), seen and held out."
+    out = {}
+    for part, want in (('seen', False), ('heldout', True)):
+        fams = {}
+        for v, s in per_variant.items():
+            if held[v] == want: fams.setdefault(fam_of[v], []).append(s)
+        fam = {f: {k: (float(np.mean([x[k] for x in xs])) if k not in ('max_jump', 'flips', 'flips_over_1_apart') else int(max(x[k] for x in xs) if k == 'max_jump' else sum(x[k] for x in xs)))
+                   for k in xs[0]} for f, xs in fams.items()}
+        out[part] = {'robustness': 1 - float(np.mean([f['flip_share'] for f in fam.values()])) if fam else None,
+                     'max_jump': max([f['max_jump'] for f in fam.values()] or [0]), 'flips_over_1_apart': sum(f['flips_over_1_apart'] for f in fam.values()),
+                     'families': fam}
+    return out
+
+def _sample(d, n, seed=0):
+    "The first n of a seeded permutation, in file order: a smaller n gives a subset of a larger one."
+    if not n or n >= len(d): return d
+    return d.subset(sorted(np.random.default_rng(seed).permutation(len(d))[:n]))
+
+def dataset(name, n, seed=0):
+    "(fit, tune, full_train, test) for a dataset: the test requests to rewrite are a seeded sample of n."
+    if name == 'default':
+        tr, va, te = split_data(load_default_dataset(), 'grouped', seed=seed)
+        return tr, va, tr, _sample(te, n, seed)
+    tr, te = load_llmrouter('train'), load_llmrouter('test')
+    fit, tune = split_data(tr, 'random', (0.8, 0.2), seed)[:2]
+    return fit, tune, tr, _sample(te, n, seed)
+
+def run_dataset(name, args, emb, variants, spec, work, log):
+    fit, tune, full, test = dataset(name, args.n_default if name == 'default' else args.n, args.seed)
+    costs = np.asarray(test.costs(), dtype=float); O = outcomes(test); Ot = outcomes(tune)
+    tiers = ev.label_index(test) if test.kind == 'tiers' else None
+    ref = ev.best_single(outcomes(full), costs); budget = 0.5 * costs[ref]
+    vnames = [f"{f}/{v['name']}" for f, v in variants]; fam_of = {f"{f}/{v['name']}": f for f, v in variants}; held = {f"{f}/{v['name']}": bool(v.get('heldout')) for f, v in variants}
+    texts = {vn: [rewrite(q, v) for q in test.queries] for vn, (f, v) in zip(vnames, variants)}
+    t0 = time.time()
+    todo = list(dict.fromkeys(full.queries + fit.queries + tune.queries + test.queries + [t for ts in texts.values() for t in ts]))
+    for i in range(0, len(todo), 400): # in chunks, saved as they go: a killed run keeps what it embedded
+        emb.encode(todo[i:i + 400], progress=False); emb.save()
+    log(f'{name}: embedded {len(emb._mem)} texts in cache ({time.time() - t0:.0f}s)')
+    kinds = [k.strip() for k in args.routers.split(',')]
+    configs = {}
+    for canon_on in ([True] if args.only_canon else [False, True] if spec else [False]):
+        canon = spec if canon_on else None
+        t = time.time()
+        main = build_routers(full, emb, work, canon, kinds)
+        tuner = build_routers(fit, emb, work, canon, kinds) if test.kind == 'outcomes' else main
+        if 'knn30' in main: # smoother KNN: k and temperature picked on the tuning split (clean routes), never on the test
+            grid = [(kk, T) for kk in (30, 50) for T in (0.02, 0.05, 0.1)]
+            def val(kk, T):
+                S = SoftKNN(tuner['knn30'], kk, T).score_batch(tune.queries)
+                if test.kind == 'tiers': return float((decide(S) == ev.label_index(tune)).mean())
+                lam = calibrate_lambda(S, Ot, costs, budget)
+                return ev.route_value(decide(S, 'utility', lam, costs), Ot, costs)[0] if lam is not None else -1
+            kk, T = max(grid, key=lambda p: val(*p))
+            main['soft-knn'] = SoftKNN(main['knn30'], kk, T); main['soft-knn'].chosen = {'k': kk, 'temperature': T}
+            if tuner is not main: tuner['soft-knn'] = SoftKNN(tuner['knn30'], kk, T)
+        if args.finetuned and name == 'default':
+            fe = MergingCache(ev.Embedder(args.finetuned), cache_dir=args.cache)
+            main['knn10-finetuned'] = build_knn(full, fe, 10, work, canon)
+            fe.encode(list(dict.fromkeys(test.queries + [t for ts in texts.values() for t in ts]))); fe.save()
+        log(f'{name}: built {list(main)} (canon={canon_on}) in {time.time() - t:.0f}s')
+        for rname, r in main.items():
+            t = time.time()
+            S0 = r.score_batch(test.queries); SV = {vn: r.score_batch(texts[vn]) for vn in vnames}
+            Sv_tune = tuner[rname].score_batch(tune.queries) if (test.kind == 'outcomes' and rname in tuner) else None
+            cfg = {'router': rname, 'canonicalize': canon_on, **({'smooth': r.chosen} if hasattr(r, 'chosen') else {}), 'margins': {}}
+            for m in args.margins:
+                for tb in (('cheaper', 'capable') if m > 0 else ('cheaper',)):
+                    i0 = decide(S0, 'argmax', None, costs, m, tb)
+                    res = {'quality': ev.route_value(i0, O, costs)[0], 'cost_rel': ev.route_value(i0, O, costs)[1] / costs[ref]}
+                    if tiers is not None: res['accuracy'] = float((i0 == tiers).mean())
+                    pv = {vn: flip_stats(i0, decide(SV[vn], 'argmax', None, costs, m, tb), O, costs) for vn in vnames}
+                    res['argmax'] = summarise(pv, fam_of, held)
+                    if Sv_tune is not None: # the calibrated policy: λ for half the best single's cost, on the tuning split
+                        lam = calibrate_lambda(Sv_tune, Ot, costs, budget, m, tb)
+                        if lam is not None:
+                            c0 = decide(S0, 'utility', lam, costs, m, tb)
+                            q, c = ev.route_value(c0, O, costs)
+                            res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
+                            res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, held)
+                    cfg['margins'][f'{m:g}' + ('' if m == 0 else f'/{tb}')] = res
+            if args.tag: cfg['tag'] = args.tag
+            configs[f"{rname}{' +canon' if canon_on else ''}{args.tag}"] = cfg
+            b = cfg['margins']['0']
+            log(f"  {rname:16} canon={canon_on!s:5} robustness {b['argmax']['seen']['robustness']:.3f} (held-out {b['argmax']['heldout']['robustness']:.3f}) "
+                f"{'acc %.3f' % b['accuracy'] if 'accuracy' in b else 'q %.3f cal_q %s' % (b['quality'], round(b.get('cal_quality', float('nan')), 4))} ({time.time() - t:.0f}s)")
+    emb.save()
+    return {'n_test': len(test), 'n_fit': len(full), 'tune': {'n': len(tune), 'what': 'validation split' if name == 'default' else 'a random fifth of train.jsonl (routers for tuning fitted on the other four fifths)'},
+            'targets': [{'name': t, 'cost': float(c)} for t, c in zip(test.targets, costs)], 'reference': test.targets[ref], 'budget_for_calibration': float(budget),
+            'kind': test.kind, 'configs': configs}
+
+def pick(res:dict, name:str)->dict:
+    "The headline: each router before remedies, and the best remedy combination (tuned on training data: margin chosen where tuning quality holds)."
+    cf = res['configs']; out = {}
+    for key, c in cf.items():
+        b = c['margins']['0']
+        out[key] = {m: {'robustness': v['argmax']['seen']['robustness'], 'robustness_heldout': v['argmax']['heldout']['robustness'],
+                        'max_jump': v['argmax']['seen']['max_jump'], **{k: v[k] for k in ('accuracy', 'quality', 'cal_quality', 'cost_rel', 'cal_cost_rel') if k in v},
+                        **({'robustness_calibrated': v['calibrated']['seen']['robustness'], 'robustness_calibrated_heldout': v['calibrated']['heldout']['robustness']} if 'calibrated' in v else {})}
+                    for m, v in c['margins'].items()}
+    return out
+
+def markdown(out:dict)->str:
+    "The headline tables: robustness (seen / held-out), worst family, jumps and quality, per router and remedy."
+    lines = []
+    for name, res in out['datasets'].items():
+        q = 'accuracy' if res['kind'] == 'tiers' else 'cal_quality'
+        lines += [f"### {name} ({res['n_test']} test requests, {len(out['meta']['variants'])} rewrite variants)", '',
+                  f"| router | remedies | robustness (seen) | held-out | worst family (flips) | flips > 1 target apart | max jump | {q} |", '|---|---|---:|---:|---|---:|---:|---:|']
+        for key, c in res['configs'].items():
+            for m, v in c['margins'].items():
+                if m not in ('0', '0.1/cheaper', '0.2/cheaper', '0.1/capable'): continue
+                a = v['argmax']['seen']; h = v['argmax']['heldout']
+                worst = max(a['families'].items(), key=lambda kv: kv[1]['flip_share'])
+                rem = ' + '.join(x for x in [('canonicalise' + (c.get('tag') or '') if c['canonicalize'] else ''), (f"margin {m}" if m != '0' else '')] if x) or '–'
+                lines.append(f"| {c['router']} | {rem} | {a['robustness']:.3f} | {h['robustness'] if h['robustness'] is None else round(h['robustness'], 3)} | "
+                             f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} | {a['max_jump']} | {v.get(q, float('nan')):.3f} |")
+        lines.append('')
+    return '\n'.join(lines)
+
+def merge(paths:list, out:str):
+    "One results file from several runs (e.g. the default data and LLMRouter run apart on a busy machine): datasets and configurations joined, each run's meta kept."
+    res = {'meta': None, 'datasets': {}, 'runs': []}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        res['meta'] = res['meta'] or dict(d['meta'])
+        res['runs'].append({k: d['meta'].get(k) for k in ('command', 'n', 'margins', 'lambda_stride', 'loadavg_start', 'loadavg_end', 'wall_s', 'canonicalize')} | {'datasets': list(d['datasets'])})
+        for name, r in d['datasets'].items():
+            if name not in res['datasets']: res['datasets'][name] = r
+            else:
+                for k, c in r['configs'].items(): c['canonicalize_spec'] = d['meta'].get('canonicalize'); res['datasets'][name]['configs'].setdefault(k, c)
+    for k in ('command', 'loadavg_start', 'loadavg_end', 'wall_s'): res['meta'].pop(k, None)
+    p = Path(out); tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(res, indent=1)); os.replace(tmp, p)
+    p.with_suffix('.md').write_text(markdown(res))
+    return res
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--only', choices=['default', 'llmrouter'], help='one dataset')
+    ap.add_argument('--n', type=int, default=200, help='test requests to rewrite (LLMRouter; the issue used 400: --n 400 on a quiet machine)')
+    ap.add_argument('--n-default', type=int, default=200, help='test requests to rewrite (default data; its test split has 456)')
+    ap.add_argument('--per-family', type=int, default=1, help='seen variants per family (greetings and politeness: one more)')
+    ap.add_argument('--heldout-per-family', type=int, default=1)
+    ap.add_argument('--heldout-families', default=HELDOUT_FAMILIES, help="families with held-out variants to run ('all' for every family)")
+    ap.add_argument('--all-variants', action='store_true', help='every variant in rewrites.json')
+    ap.add_argument('--routers', default='knn10,knn30,logreg,tfidf,hybrid')
+    ap.add_argument('--no-canon', action='store_true')
+    ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. adding final_punctuation')
+    ap.add_argument('--only-canon', action='store_true', help='skip the routers without canonicalisation')
+    ap.add_argument('--margins', default=','.join(f'{m:g}' for m in MARGINS), help='margin-rule bands to measure')
+    ap.add_argument('--lambda-stride', type=int, default=1, help='use every n-th λ of the calibration grid (faster)')
+    ap.add_argument('--tag', default='', help='suffix for the configuration names (to merge runs)')
+    ap.add_argument('--finetuned', help='an embedder fine-tuned (06_finetune, --rewrites) on the default data\'s training split')
+    ap.add_argument('--cache', default=str(Path(os.environ.get('QUERY_ROUTER_CACHE', Path.home()/'.cache'/'query_router'))/'robustness'))
+    ap.add_argument('--out', default=str(RESULTS/'robustness.json'))
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--merge', nargs='+', help='join these result files into --out instead of running')
+    args = ap.parse_args()
+    if args.merge: return merge(args.merge, args.out)
+    args.margins = [float(m) for m in args.margins.split(',')]
+    global LAMBDA_STRIDE; LAMBDA_STRIDE = args.lambda_stride
+    t0, load0 = time.time(), os.getloadavg()
+    log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
+    fams = load_rewrites()
+    if args.all_variants: variants = select_variants(fams, None)
+    else:
+        variants = []
+        for f in fams:
+            seen = select_variants(fams, False, only=[f]); hv = select_variants(fams, True, only=[f])
+            hf = args.heldout_families == 'all' or f in args.heldout_families.split(',')
+            variants += seen[:PER_FAMILY.get(f, 0) + args.per_family] + (hv[:args.heldout_per_family] if hf else [])
+    spec = None if args.no_canon else load_canon_spec(steps=args.canon_steps.split(',') if args.canon_steps else None)
+    emb = MergingCache(cache_dir=args.cache)
+    emb.check_uncased()
+    names = [args.only] if args.only else ['default'] + (['llmrouter'] if has_shared_data() else [])
+    out = {'meta': {'what': 'share of routes that flip when a test request is rewritten harmlessly; robustness = 1 - mean over families of that share (seen variants; held-out separately)',
+                    'variants': [{'family': f, 'name': v['name'], 'heldout': bool(v.get('heldout'))} for f, v in variants],
+                    'canonicalize': spec, 'margins': args.margins, 'lambda_stride': args.lambda_stride, 'n': args.n, 'seed': args.seed, 'embedder': str(emb.name),
+                    'command': 'python bench/robustness.py ' + ' '.join(sys.argv[1:]), 'embedding_shared_up_to_case_and_whitespace': emb.same_tokens, 'host': platform.node(), 'cpu_count': os.cpu_count(), 'loadavg_start': load0},
+           'datasets': {}}
+    if 'llmrouter' not in names: out['meta']['skipped'] = 'llmrouter: ../shared/data/llmrouter not found'
+    p = Path(args.out)
+    if p.exists(): # another dataset's results from an earlier invocation stay
+        try:
+            old = json.loads(p.read_text())
+            if old.get('meta', {}).get('variants') == out['meta']['variants']: out['datasets'].update({k: v for k, v in old.get('datasets', {}).items() if k not in names})
+        except (json.JSONDecodeError, AttributeError): pass
+    with tempfile.TemporaryDirectory(prefix='qr-robust-') as work:
+        for name in names:
+            res = run_dataset(name, args, emb, variants, spec, work, log)
+            res['summary'] = pick(res, name)
+            out['datasets'][name] = res
+            out['meta'].update(loadavg_end=os.getloadavg(), wall_s=round(time.time() - t0, 1))
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, p)
+            p.with_suffix('.md').write_text(markdown(out))
+            log(f'wrote {p}')
+
+if __name__ == '__main__': main()
