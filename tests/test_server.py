@@ -18,7 +18,8 @@ def test_original_request_and_response_shape(server):
     r = post(srv, '/', {'query': 'Translate "good morning" into Spanish'})
     assert r.status_code == 200
     a = r.json()
-    assert set(a) == {'hits', 'scores', 'route', 'policy'}
+    assert set(a) == {'hits', 'scores', 'route', 'policy', 'margin'}
+    assert a['margin'] >= 0
     assert len(a['hits']) == 10 and set(a['hits'][0]) == {'id', 'category', 'similarity'}
     sims = [h['similarity'] for h in a['hits']]; assert sims == sorted(sims, reverse=True)
     sc = [s['score'] for s in a['scores']]; assert sc == sorted(sc, reverse=True)
