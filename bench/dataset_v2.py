@@ -74,6 +74,7 @@ def main():
     r_test = compare(routers, tr, te, valid=va, embedder=emb, n_latency=20, progress=False)
     r_adv = compare(routers, tr, adv, valid=va, embedder=emb, n_latency=0, progress=False)
     res['v2'] = {'test': r_test, 'adversarial': r_adv, 'side_by_side': side_by_side(r_test, r_adv)}
+    write(res, a, te, adv)
     if a.v1:
         v1 = load_routing_data(a.v1, default_candidates_path())
         emb.encode(v1.queries, progress=True); emb.save()
@@ -84,13 +85,17 @@ def main():
         res['v1'] = {'test': r1_test, 'adversarial': r1_adv, 'side_by_side': side_by_side(r1_test, r1_adv)}
         res['v1_check'] = length_figures(pd.Series(v1.queries), np.array(v1.labels), np.array(v1.groups))
     res['seconds'] = round(time.time() - t0, 1); res['loadavg_end'] = os.getloadavg()
+    write(res, a, te, adv)
+
+def write(res, a, te, adv):
+    "Write the JSON and the Markdown (again after each phase, so a slow later phase loses nothing)."
     out = Path(a.out); out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix('.json.tmp'); tmp.write_text(json.dumps(res, indent=1, default=float)); os.replace(tmp, out.with_suffix('.json'))
     cols = ['router', 'test_accuracy', 'adv_accuracy', 'acc_drop', 'test_under_routed', 'adv_under_routed', 'test_cost_vs_largest', 'adv_cost_vs_largest', 'error']
     md = [f"# Dataset v2: routers on the normal test split and on the adversarial split",
           f"Trained once on the grouped training split of data/routing_dataset.csv (calibrated on its validation split); `test` = the grouped test split ({len(te)} rows), `adv` = data/adversarial.csv ({len(adv)} rows, topics unseen in training). Accuracy and under/over-routing use each router's argmax tier. Load average at start {res['loadavg_start']}.",
           '', '## Drift check', '', '```json', json.dumps(res['check'], indent=1), '```', '', '## v2 (this dataset)', '', md_table(res['v2']['side_by_side'], cols)]
-    if a.v1: md += ['', '## v1 (the old file), same adversarial split', '', md_table(res['v1']['side_by_side'], cols), '', '```json', json.dumps(res['v1_check'], indent=1), '```']
+    if 'v1' in res: md += ['', '## v1 (the old file), same adversarial split', '', md_table(res['v1']['side_by_side'], cols), '', '```json', json.dumps(res['v1_check'], indent=1), '```']
     out.with_suffix('.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
 
