@@ -40,7 +40,7 @@ def test_under_and_over_routing_on_a_toy_confusion():
 
 def test_calibration_meets_its_target_on_held_out_data(default_data):
     tr, va, te = split_data(default_data, 'grouped')
-    r = LengthRouter().fit(tr)
+    r = TfidfRouter().fit(tr) # reads words; since dataset v2, length alone cannot reach a 0.8 quality floor
     sv, st = r.score_batch(va.queries), r.score_batch(te.queries)
     costs = te.costs()
     for share in (0.3, 0.5):

@@ -26,7 +26,7 @@ def test_files_written_by_the_original_build_here(tmp_path, embedder, default_da
     art = build_artifacts(tmp_path/'art', points=tmp_path/'points.jsonl', targets=tmp_path/'targets.jsonl', model=embedder, n_trees=5)
     r = KNNRouter(art, embedder)
     assert r.targets == ['3B', '7B', '30B', '70B'] # cost order, not the file's or alphabetical
-    assert r.route(d.queries[5]) == d.labels[5]
+    assert KNNRouter(art, embedder, k=1).route(d.queries[5]) == d.labels[5] # its own point is its nearest neighbour (a 10-vote depends on the data)
     # and ours export back to the original's format: every target line names a known point
     from query_router.knn import export_artifact
     ex = export_artifact(art, tmp_path/'ex', progress=False)
