@@ -4,27 +4,31 @@
 
 # %% ../nbs/01_data.ipynb #b05cf3c5
 from __future__ import annotations
-import json
+import json, re, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np, pandas as pd
 from .core import *
 
 # %% auto #0
-__all__ = ['SCORE_PREFIX', 'QUERY_COLS', 'LABEL_COLS', 'GROUP_COLS', 'ID_COLS', 'RoutingData', 'read_hub', 'read_table',
-           'normalise', 'load_routing_data', 'load_default_dataset', 'load_llmrouter', 'derive_labels', 'split_data']
+__all__ = ['SCORE_PREFIX', 'COST_PREFIX', 'QUERY_COLS', 'LABEL_COLS', 'GROUP_COLS', 'ID_COLS', 'COST_PATTERNS', 'RoutingData',
+           'read_hub', 'read_table', 'normalise', 'load_routing_data', 'load_default_dataset', 'load_llmrouter',
+           'derive_labels', 'split_data', 'split_part', 'kfold', 'last_turn', 'head_tail', 'text_view',
+           'duplicate_embedding_share', 'warn_duplicate_embeddings']
 
 # %% ../nbs/01_data.ipynb #cd132858
 SCORE_PREFIX = 'score:'
+COST_PREFIX = 'cost:'
 
 @dataclass
 class RoutingData:
     "A routing dataset in the project's one schema."
-    frame:pd.DataFrame # columns `id`, `query`, `group`, `label`, and `score:<target>` for outcome data
+    frame:pd.DataFrame # columns `id`, `query`, `group`, `label`, `score:<target>` for outcome data, `cost:<target>` for per-query costs
     targets:list # target names, cheapest first
     kind:str # 'tiers' (a label per query) or 'outcomes' (a score per query and target)
     candidates:list|None=None # `Candidate`s for the targets, when their costs are known
     source:str='dataframe' # where it came from, for messages
+    info:dict=field(default_factory=dict) # what loading did: rows dropped or filled, how the targets were ordered...
     def __len__(self): return len(self.frame)
     @property
     def queries(self)->list[str]: return self.frame['query'].tolist()
@@ -41,11 +45,25 @@ class RoutingData:
         out = np.zeros((len(self), len(self.targets)))
         out[np.arange(len(self)), [idx[l] for l in self.frame['label']]] = 1.0
         return out
+    @property
+    def has_query_costs(self)->bool:
+        "Whether the data gives a cost per query and target (`cost:<target>` columns)."
+        return bool(self.targets) and all(COST_PREFIX + t in self.frame.columns for t in self.targets)
+    def cost_matrix(self)->np.ndarray|None:
+        "Cost of each target on each query, shape (n, targets): the data's per-query costs, else `costs()` on every row; None when unknown."
+        if self.has_query_costs: return self.frame[[COST_PREFIX + t for t in self.targets]].to_numpy(dtype=float)
+        c = self.costs()
+        return None if c is None else np.tile(c, (len(self), 1))
     def costs(self)->np.ndarray|None:
-        "Blended cost per million tokens of each target, in `targets` order, when known."
+        "Cost of each target, in `targets` order: the mean per-query cost when the data gives costs per query, else the candidates' blended price per Mtok; None when unknown."
+        if self.has_query_costs: return self.cost_matrix().mean(0) if len(self) else np.zeros(len(self.targets))
         if not self.candidates: return None
         by = {c.name: c.cost for c in self.candidates}
         return np.array([by[t] for t in self.targets])
+    @property
+    def cost_unit(self)->str|None:
+        "'$/query' (costs given per query), '$/Mtok' (candidates' prices) or None (no costs)."
+        return '$/query' if self.has_query_costs else '$/Mtok' if self.candidates else None
     def subset(self, idx)->RoutingData:
         "The rows at positions `idx`, same targets."
         return replace(self, frame=self.frame.iloc[list(idx)].reset_index(drop=True))
@@ -90,7 +108,8 @@ def read_table(src, # a DataFrame, a path to .csv/.jsonl/.json/.parquet, or a Hu
 QUERY_COLS = ['query', 'question', 'prompt', 'sentence', 'text', 'utterance', 'input', 'instruction']
 LABEL_COLS = ['label', 'tier', 'target', 'route', 'category']
 GROUP_COLS = ['topic', 'task', 'group']
-ID_COLS = ['id', 'query_id', 'uid', 'point_uid']
+ID_COLS = ['id', 'query_id', 'uid', 'point_uid', 'sample_id']
+COST_PATTERNS = ('cost:{}', '{}|total_cost', '{}_cost', 'cost_{}') # per-query cost columns of target {} (RouterBench writes `<model>|total_cost`)
 
 def _find(df, given, names, what, src, required=False):
     if given is not None:
@@ -101,8 +120,41 @@ def _find(df, given, names, what, src, required=False):
     return hit
 
 # %% ../nbs/01_data.ipynb #4787c930
+def _where(src, i)->str:
+    "Row `i` of the table, and its line in a CSV file (header on line 1)."
+    return f"row {i}" + (f" (line {i + 2})" if str(src).lower().endswith('.csv') else '')
+
+def _is_missing(v)->bool: return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()) or v is pd.NA
+
+def _numeric(s:pd.Series, col:str, what:str, src)->pd.Series:
+    "`s` as floats, missing values as NaN; a value that is there but not a number is an error naming the file, row and column."
+    out = pd.to_numeric(s.map(lambda v: np.nan if _is_missing(v) else v), errors='coerce')
+    bad = [i for i, (v, x) in enumerate(zip(s, out)) if np.isnan(x) and not _is_missing(v)]
+    if bad: raise ValueError(f"{src}: non-numeric {what} {s.iloc[bad[0]]!r} in column {col!r}, {_where(src, bad[0])}" +
+                             (f"; also rows {bad[1:6]}" if len(bad) > 1 else ''))
+    return out.astype(float)
+
+def _mostly_numeric(s:pd.Series)->bool:
+    "A column whose present values are mostly numbers (so one odd value in it is a typo, not a text column)."
+    if pd.api.types.is_numeric_dtype(s): return True
+    present = s[[not _is_missing(v) for v in s]]
+    if not len(present) or present.map(lambda v: isinstance(v, (dict, list))).any(): return False
+    return pd.to_numeric(present, errors='coerce').notna().mean() >= 0.5
+
+def _cost_columns(df, names, cost_cols, src)->dict:
+    "{target: column} of per-query costs: given, or found by `COST_PATTERNS`."
+    if cost_cols is not None:
+        miss = {t: c for t, c in dict(cost_cols).items() if c not in df.columns}
+        if miss: raise ValueError(f"{src}: cost columns {miss} not found; columns are {list(df.columns)}")
+        return dict(cost_cols)
+    found = {}
+    for t in names:
+        hit = next((p.format(t) for p in COST_PATTERNS if p.format(t) in df.columns), None)
+        if hit: found[t] = hit
+    return found
+
 def _scores_frame(df, score_col, score_cols, cands, used, src):
-    "The outcome scores as a DataFrame with one column per target, or None for tier data."
+    "The outcome scores as a DataFrame with one column per target (NaN where missing), or None for tier data."
     if score_col is not None:
         bad = [i for i, v in enumerate(df[score_col]) if not isinstance(v, dict)]
         if bad: raise ValueError(f"{src}: column {score_col!r} must hold a dict of scores on every row; rows {bad[:5]} do not")
@@ -110,15 +162,66 @@ def _scores_frame(df, score_col, score_cols, cands, used, src):
     else:
         if score_cols is None:
             names = {c.name for c in cands} if cands else None
-            score_cols = [c for c in df.columns if c not in used and (c in names if names else pd.api.types.is_numeric_dtype(df[c]))]
+            costish = {c for c in df.columns if isinstance(c, str) and any(re.fullmatch(re.escape(p).replace(re.escape('{}'), '.+'), c) for p in COST_PATTERNS)}
+            score_cols = [c for c in df.columns if c not in used and c not in costish and (c in names if names else _mostly_numeric(df[c]))]
+        else:
+            miss = [c for c in score_cols if c not in df.columns]
+            if miss: raise ValueError(f"{src}: score columns {miss} not found; columns are {list(df.columns)}")
         if not score_cols: return None
         s = df[list(score_cols)].reset_index(drop=True)
-    for c in s.columns:
-        num = pd.to_numeric(s[c], errors='coerce')
-        bad = s.index[num.isna()].tolist()
-        if bad: raise ValueError(f"{src}: non-numeric or missing score for {c!r} on rows {bad[:5]} (e.g. {s[c][bad[0]]!r})")
-        s[c] = num.astype(float)
+    for c in s.columns: s[c] = _numeric(s[c], c, 'score', src)
     return s
+
+# %% ../nbs/01_data.ipynb #c01a1101
+def _missing_rule(missing:str)->tuple[str, float|None]:
+    "('error'|'drop'|'fill', value) from 'error', 'drop' or 'fill:<value>'."
+    if missing in ('error', 'drop'): return missing, None
+    if isinstance(missing, str) and missing.startswith('fill:'):
+        try: return 'fill', float(missing[5:])
+        except ValueError: pass
+    raise ValueError(f"missing must be 'error', 'drop' or 'fill:<value>' (e.g. 'fill:0'), not {missing!r}")
+
+def _handle_missing(scores:pd.DataFrame, costs:pd.DataFrame|None, missing:str, src)->tuple[np.ndarray, dict]:
+    "Rows to keep and a report of what `missing` did to missing scores (and missing per-query costs, which can only be dropped)."
+    rule, value = _missing_rule(missing)
+    miss_s = scores.isna().to_numpy()
+    miss_c = costs.isna().to_numpy() if costs is not None else np.zeros((len(scores), 0), bool)
+    rows_s, rows_c = miss_s.any(1), miss_c.any(1)
+    report = {'rule': missing, 'rows_with_missing_scores': int(rows_s.sum()), 'missing_score_cells': int(miss_s.sum()),
+              'by_target': {c: int(n) for c, n in zip(scores.columns, miss_s.sum(0)) if n}}
+    if costs is not None and rows_c.any(): report['rows_with_missing_costs'] = int(rows_c.sum())
+    keep = np.ones(len(scores), bool)
+    if not (rows_s.any() or rows_c.any()): return keep, report
+    if rule == 'error' or (rows_c.any() and rule != 'drop'):
+        what = (f"missing scores in {int(rows_s.sum())} rows ({report['by_target']}, e.g. rows {np.flatnonzero(rows_s)[:5].tolist()})" if rows_s.any() else '') + \
+               (f"{'; ' if rows_s.any() else ''}missing per-query costs in {int(rows_c.sum())} rows (e.g. rows {np.flatnonzero(rows_c)[:5].tolist()})" if rows_c.any() else '')
+        hint = "pass missing='drop' to drop those rows" + ("" if rows_c.any() else " or missing='fill:0' to fill them (CLI: --missing drop / --missing fill:0)")
+        raise ValueError(f"{src}: {what}; {hint}")
+    if rule == 'fill':
+        for c in scores.columns: scores[c] = scores[c].fillna(value)
+        report.update(filled_cells=int(miss_s.sum()), filled_rows=int(rows_s.sum()), value=value)
+    drop = (rows_s if rule == 'drop' else np.zeros(len(scores), bool)) | rows_c
+    keep = ~drop
+    report['dropped_rows'] = int(drop.sum())
+    if not keep.any(): raise ValueError(f"{src}: every row has a missing score or cost; nothing left after missing={missing!r}")
+    return keep, report
+
+# %% ../nbs/01_data.ipynb #c01a1102
+def _order_targets(names:list, scores:pd.DataFrame, costs:pd.DataFrame|None, cands, src)->tuple[list, str]:
+    "Targets cheapest first, and how that order was found: per-query costs, the candidates' prices, sizes in the names, or (no prices) mean score."
+    if costs is not None:
+        mean = costs.mean()
+        prio = {c.name: i for i, c in enumerate(cands)} if cands else {}
+        return sorted(names, key=lambda t: (mean[t], prio.get(t, 0), t)), 'mean per-query cost'
+    if cands: return [c.name for c in cands if c.name in names], 'candidates price'
+    if all(parse_size(n) for n in names):
+        warnings.warn(f"{src}: no candidates file: targets ordered by the size in their names {tier_order(names)}, and no costs (cost-aware policies need a candidates file or per-query costs)")
+        return tier_order(names), 'size in the name'
+    mean = scores.mean()
+    order = sorted(names, key=lambda t: (mean[t], t))
+    warnings.warn(f"{src}: no candidates file and no per-query costs: targets ordered by mean score, weakest first {order} "
+                  f"(so 'cheapest adequate' means 'weakest adequate'); give a candidates file or cost columns for a price order")
+    return order, 'mean score (no prices)'
 
 # %% ../nbs/01_data.ipynb #48f77552
 def _label_targets(labels, cands, src):
@@ -144,23 +247,38 @@ def normalise(df:pd.DataFrame, # the raw table
               query_col:str|None=None, label_col:str|None=None, group_col:str|None=None, id_col:str|None=None,
               score_col:str|None=None, # a column of {target: score} dicts
               score_cols:list|None=None, # or one numeric column per target
+              cost_cols:dict|None=None, # {target: column} of per-query costs ($ per query); default: columns `cost:<t>`, `<t>|total_cost`, `<t>_cost` or `cost_<t>`
+              missing:str='error', # missing scores: 'error', 'drop' (those rows) or 'fill:<value>'
+              duplicates:str='error', # duplicate ids: 'error' or 'first' (keep the first row of each id)
              )->RoutingData:
     "A raw table as `RoutingData`, checked."
     if len(df) == 0: raise ValueError(f"{src}: empty (no rows)")
+    if duplicates not in ('error', 'first'): raise ValueError(f"duplicates must be 'error' or 'first', not {duplicates!r}")
+    _missing_rule(missing)
+    df = df.reset_index(drop=True)
     cands = load_candidates(candidates) if isinstance(candidates, (str, Path)) else cost_order(candidates) if candidates else None
     q = _find(df, query_col, QUERY_COLS, 'query', src, required=True)
-    if score_col is None and 'scores' in df.columns: score_col = 'scores'
+    if score_col is None and score_cols is None and 'scores' in df.columns: score_col = 'scores'
     l = _find(df, label_col, LABEL_COLS, 'label', src)
     g = _find(df, group_col, GROUP_COLS, 'group', src)
     i = _find(df, id_col, ID_COLS, 'id', src)
+    info = {}
+    ids = df[i].astype(str).tolist() if i else [str(n) for n in range(len(df))]
+    dup = pd.Series(ids).duplicated(keep='first')
+    if dup.any():
+        first = pd.Series(ids)[dup].unique().tolist()
+        where = {d: [n for n, x in enumerate(ids) if x == d] for d in first[:5]}
+        if duplicates == 'error':
+            raise ValueError(f"{src}: {int(dup.sum())} rows repeat an id: " + '; '.join(f"id {d!r} on rows {r}" for d, r in where.items()) +
+                             ("; ..." if len(first) > 5 else '') + "; pass duplicates='first' to keep the first row of each (CLI: --duplicates first)")
+        warnings.warn(f"{src}: dropped {int(dup.sum())} rows whose id repeats an earlier row (duplicates='first'), e.g. {where}")
+        info['duplicates'] = {'rule': 'first', 'dropped_rows': int(dup.sum()), 'ids': first[:20]}
+        df = df[~dup.to_numpy()].reset_index(drop=True); ids = [x for x, d in zip(ids, dup) if not d]
     used = {c for c in (q, l, g, i, score_col) if c}
     scores = _scores_frame(df, score_col, score_cols, cands, used, src)
     if l is None and scores is None: raise ValueError(f"{src}: no label column (looked for {LABEL_COLS}) and no scores; columns are {list(df.columns)}")
     bad = [n for n, v in enumerate(df[q]) if not isinstance(v, str) or not v.strip()]
     if bad: raise ValueError(f"{src}: empty or non-text query on rows {bad[:5]}")
-    ids = df[i].astype(str).tolist() if i else [str(n) for n in range(len(df))]
-    dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique().tolist()
-    if dup: raise ValueError(f"{src}: duplicate ids {dup[:5]}")
     frame = pd.DataFrame({'id': ids, 'query': df[q].tolist(),
                           'group': df[g].astype(str).tolist() if g else None, 'label': None})
     if scores is not None:
@@ -169,23 +287,42 @@ def normalise(df:pd.DataFrame, # the raw table
             unknown = sorted(set(names) - {c.name for c in cands})
             if unknown: raise ValueError(f"{src}: scores for unknown candidates {unknown}; the candidates file has {[c.name for c in cands]}")
             cands = [c for c in cands if c.name in names]
-            targets = [c.name for c in cands]
-        else: targets = tier_order(names) if all(parse_size(n) for n in names) else sorted(names)
+        cc = _cost_columns(df, names, cost_cols, src)
+        if cc and set(cc) != set(names): raise ValueError(f"{src}: per-query costs for {sorted(cc)} but not for {sorted(set(names) - set(cc))}; give a cost column for every candidate")
+        costs = pd.DataFrame({t: _numeric(df[c].reset_index(drop=True), c, 'cost', src) for t, c in cc.items()}) if cc else None
+        if costs is not None and (costs < 0).any().any(): raise ValueError(f"{src}: negative per-query costs in {[cc[t] for t in costs.columns if (costs[t] < 0).any()]}")
+        keep, rep = _handle_missing(scores, costs, missing, src)
+        if rep['rows_with_missing_scores'] or rep.get('rows_with_missing_costs'):
+            info['missing'] = rep
+            warnings.warn(f"{src}: missing={missing!r}: " + (f"filled {rep['filled_cells']} missing scores in {rep['filled_rows']} rows with {rep['value']:g}" if 'filled_cells' in rep else '') +
+                          (f"{'; ' if 'filled_cells' in rep else ''}dropped {rep['dropped_rows']} rows" if rep.get('dropped_rows') else '') + f" (missing by target: {rep['by_target']})")
+        frame, scores = frame[keep].reset_index(drop=True), scores[keep].reset_index(drop=True)
+        if costs is not None: costs = costs[keep].reset_index(drop=True)
+        targets, how = _order_targets(names, scores, costs, cands, src)
+        info['target_order'] = how
         for t in targets: frame[SCORE_PREFIX + t] = scores[t].to_numpy()
-        if l: frame['label'] = [str(v) for v in df[l]]
-        return RoutingData(frame, targets, 'outcomes', cands, src)
+        if costs is not None:
+            for t in targets: frame[COST_PREFIX + t] = costs[t].to_numpy()
+            info['cost_columns'] = cc
+        if l: frame['label'] = [str(v) for v, k in zip(df[l], keep) if k]
+        return RoutingData(frame, targets, 'outcomes', cands, src, info)
     labels, targets = _label_targets(df[l].tolist(), cands, src)
     frame['label'] = labels
-    return RoutingData(frame, targets, 'tiers', cands, src)
+    return RoutingData(frame, targets, 'tiers', cands, src, info)
 
 # %% ../nbs/01_data.ipynb #063f1f1e
 def load_routing_data(src, # DataFrame, file path, or Hub dataset name
                       candidates=None, # candidates file or list of `Candidate`s
                       split:str='train', # Hub split
+                      view:str='full', # the text routers read: 'full', 'last_turn', 'head_tail' or 'tail' (see `text_view`)
                       **cols)->RoutingData:
-    "Read and normalise a routing dataset; see `normalise` for `cols`."
+    "Read and normalise a routing dataset; see `normalise` for `cols` (column names, `missing`, `duplicates`, `cost_cols`)."
     name = src if isinstance(src, str) else 'dataframe' if isinstance(src, pd.DataFrame) else str(src)
-    return normalise(read_table(src, split), name, candidates, **cols)
+    d = normalise(read_table(src, split), name, candidates, **cols)
+    if view != 'full':
+        frame = d.frame.copy(); frame['query'] = text_view(frame['query'].tolist(), view)
+        d = replace(d, frame=frame, info={**d.info, 'view': view})
+    return d
 
 def load_default_dataset()->RoutingData:
     "The embedded default dataset (`data/routing_dataset.csv`): tiers 3B/7B/30B/70B with their costs."
@@ -220,12 +357,25 @@ def _cuts(n, fracs):
     c = np.cumsum(fracs) / np.sum(fracs)
     return [int(round(n * f)) for f in c[:-1]]
 
+_PART_NAMES = ('train', 'valid', 'test')
+
+def _check_parts(data, how, fracs, parts, n_groups=None):
+    "Refuse a split that leaves a part empty: no router can be fitted or scored on an empty set."
+    names = _PART_NAMES if len(parts) == 3 else tuple(f'part {i}' for i in range(len(parts)))
+    empty = [nm for nm, p, f in zip(names, parts, fracs) if f > 0 and len(p) == 0]
+    if not empty: return parts
+    if how == 'grouped':
+        raise ValueError(f"{data.source}: a grouped split keeps whole groups together, and this data has only {n_groups} groups for "
+                         f"{sum(f > 0 for f in fracs)} parts ({len(data)} rows): the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty. "
+                         f"Use a random split (--split random), or data with more groups")
+    raise ValueError(f"{data.source}: {len(data)} rows are too few for a {how} split {tuple(fracs)}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} would be empty")
+
 def split_data(data:RoutingData,
                how:str='grouped', # 'chronological', 'random' or 'grouped'
                fracs=(0.6, 0.2, 0.2), # shares of train, valid, test
                seed:int=0, # for 'random' and 'grouped'
               )->tuple:
-    "Split `data` into (train, valid, test) `RoutingData`."
+    "Split `data` into (train, valid, test) `RoutingData` (or as many parts as `fracs`); refuses to leave a part empty."
     n = len(data)
     if how == 'chronological': order = np.arange(n)
     elif how == 'random': order = np.random.default_rng(seed).permutation(n)
@@ -238,7 +388,83 @@ def split_data(data:RoutingData,
         order = np.array(sorted(range(n), key=lambda i: (rank[g[i]], i)))
         cuts, gs = _cuts(n, fracs), g[order]
         cuts = [c if c in (0, n) else next((j for j in range(c, n) if gs[j] != gs[j - 1]), n) for c in cuts] # never cut a group
-        return tuple(data.subset(sorted(order[a:b])) for a, b in zip([0] + cuts, cuts + [n]))
+        parts = tuple(data.subset(sorted(order[a:b])) for a, b in zip([0] + cuts, cuts + [n]))
+        return _check_parts(data, how, fracs, parts, len(uniq))
     else: raise ValueError(f"split must be 'chronological', 'random' or 'grouped', not {how!r}")
     cuts = _cuts(n, fracs)
-    return tuple(data.subset(sorted(order[a:b]) if how == 'random' else order[a:b]) for a, b in zip([0] + cuts, cuts + [n]))
+    parts = tuple(data.subset(sorted(order[a:b]) if how == 'random' else order[a:b]) for a, b in zip([0] + cuts, cuts + [n]))
+    return _check_parts(data, how, fracs, parts)
+
+# %% ../nbs/01_data.ipynb #c01a1107
+def split_part(data:RoutingData,
+               part:str='train', # 'train', 'valid', 'test' (of a 60/20/20 split) or 'all'
+               how:str='grouped', # how to split: grouped, chronological or random
+               seed:int=0)->RoutingData:
+    "One part of `split_data`'s split, or all of `data`: what `build --split` and `calibrate --split` use, so the two never overlap."
+    if part == 'all': return data
+    if part not in _PART_NAMES: raise ValueError(f"split must be train, valid, test or all, not {part!r}")
+    return dict(zip(_PART_NAMES, split_data(data, how, seed=seed)))[part]
+
+def kfold(data:RoutingData,
+          k:int=5, # number of folds
+          how:str='random', # 'random' or 'grouped' (whole groups in one fold)
+          seed:int=0)->list[tuple[RoutingData, RoutingData]]:
+    "`k` (train, test) pairs; each row is in exactly one test part. Refuses folds that would be empty."
+    n = len(data)
+    if k < 2: raise ValueError(f"k-fold needs k >= 2, not {k}")
+    if how == 'random':
+        if n < k: raise ValueError(f"{data.source}: {n} rows are too few for {k} folds")
+        fold = np.empty(n, int); fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    elif how == 'grouped':
+        if data.groups is None: raise ValueError(f"{data.source}: grouped folds need a topic/task/group column")
+        g = data.frame['group'].to_numpy(); uniq = pd.unique(g)
+        if len(uniq) < k: raise ValueError(f"{data.source}: grouped {k}-fold needs at least {k} groups, this data has {len(uniq)}; use random folds or fewer folds")
+        sizes = pd.Series(g).value_counts()
+        perm = uniq[np.random.default_rng(seed).permutation(len(uniq))]
+        load, of = np.zeros(k), {}
+        for grp in sorted(perm, key=lambda x: -sizes[x]): # biggest groups first, each to the emptiest fold
+            j = int(load.argmin()); of[grp] = j; load[j] += sizes[grp]
+        fold = np.array([of[x] for x in g])
+    else: raise ValueError(f"folds must be 'random' or 'grouped', not {how!r}")
+    return [(data.subset(np.flatnonzero(fold != j)), data.subset(np.flatnonzero(fold == j))) for j in range(k)]
+
+# %% ../nbs/01_data.ipynb #c01a1109
+_TURN = re.compile(r'(?:^|\n)\s*(?:<\|user\|>|<\|im_start\|>user|\[INST\]|###\s*(?:Instruction|Input|Question)\s*:?|(?:User|Human|USER|HUMAN|Q|Question)\s*:)', re.M)
+
+def last_turn(text:str)->str:
+    "The last user turn of a prompt laid out as a conversation or few-shot list (`User:`, `Human:`, `Q:`, `[INST]`, `<|user|>`, `### Instruction`); the whole text when it has none."
+    starts = [m.start() for m in _TURN.finditer(text)]
+    return text[starts[-1]:].strip() if len(starts) > 1 else text
+
+def head_tail(text:str, head:int=300, tail:int=700)->str:
+    "The first `head` and last `tail` characters (all of a short text): what differs in prompts with a long shared middle or prefix."
+    return text if len(text) <= head + tail + 5 else text[:head] + ' … ' + text[-tail:]
+
+def text_view(texts:list[str], how:str='full')->list[str]:
+    "The part of each text a router should embed: 'full', 'last_turn', 'head_tail' (300 + 700 characters) or 'tail' (the last 1,000)."
+    fns = {'full': lambda t: t, 'last_turn': last_turn, 'head_tail': head_tail, 'tail': lambda t: t[-1000:]}
+    if how not in fns: raise ValueError(f"view must be one of {list(fns)}, not {how!r}")
+    return [fns[how](t) for t in texts]
+
+def duplicate_embedding_share(x:np.ndarray, # embeddings, one row per query
+                              texts:list[str]|None=None, # the queries: rows count only when their texts differ
+                              decimals:int=5)->float:
+    "Share of the distinct queries whose embedding is identical (to `decimals`) to that of another, different query."
+    x = np.asarray(x)
+    if len(x) < 2: return 0.0
+    keys = [r.tobytes() for r in np.round(x.astype(np.float32), decimals)]
+    texts = list(texts) if texts is not None else [str(i) for i in range(len(x))]
+    by = {}
+    for k, t in zip(keys, texts): by.setdefault(k, set()).add(t)
+    distinct = set(texts)
+    clashing = {t for ts in by.values() if len(ts) > 1 for t in ts}
+    return len(clashing) / max(len(distinct), 1)
+
+def warn_duplicate_embeddings(x:np.ndarray, texts:list[str]|None=None, threshold:float=0.05, src:str='data')->float:
+    "`duplicate_embedding_share`, with a warning when it is above `threshold` (call it at build time)."
+    share = duplicate_embedding_share(x, texts)
+    if share > threshold:
+        warnings.warn(f"{src}: {share:.0%} of the distinct queries share an identical embedding with another query: they will all be routed alike. "
+                      f"Long shared prefixes (system prompt, few-shot examples) beyond the embedder's window cause this: embed the part that differs "
+                      f"(view='last_turn' or 'head_tail', CLI --view)")
+    return share

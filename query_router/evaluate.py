@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_evaluate.ipynb #4db39401
 from __future__ import annotations
-import json, os, time, hashlib, tempfile, shutil, pickle, importlib.util, contextlib
+import json, os, time, hashlib, tempfile, shutil, pickle, importlib.util, contextlib, warnings
 from dataclasses import replace
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -14,14 +14,15 @@ from .data import *
 from .router import *
 
 # %% auto #0
-__all__ = ['EXTRA_ROUTERS', 'label_index', 'outcome_matrix', 'route_value', 'confusion', 'tier_metrics', 'param_grid', 'sweep',
-           'upper_hull', 'aiq', 'pgr_curve', 'apgr', 'cpt', 'pair_metrics', 'calibrate', 'save_calibration',
-           'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes', 'router_bytes', 'embedder_bytes', 'latencies',
-           'latency', 'concat_data', 'best_single', 'score_report', 'baseline_rows', 'compare', 'markdown_table',
-           'report_markdown', 'plot_curves', 'plot_confusions', 'write_report', 'default_routers', 'has_module',
-           'extra_routers', 'load_eval_data', 'evaluate_cli', 'calibrate_artifact', 'calibrate_cli', 'SklearnRouter',
-           'LogRegRouter', 'TfidfRouter', 'LengthRouter', 'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter',
-           'MemoryKNNRouter', 'MFRouter']
+__all__ = ['COST_UNITS', 'SIMPLE_BASELINES', 'EXTRA_ROUTERS', 'label_index', 'outcome_matrix', 'cost_array', 'route_value',
+           'mean_costs', 'decide_costs', 'confusion', 'tier_metrics', 'param_grid', 'sweep', 'upper_hull', 'aiq',
+           'pgr_curve', 'apgr', 'cpt', 'pair_metrics', 'calibrate', 'score_data', 'oof_scores', 'calibrate_cv',
+           'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes', 'router_bytes',
+           'embedder_bytes', 'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis', 'GroupRouter',
+           'score_report', 'baseline_rows', 'Comparison', 'compare', 'markdown_table', 'report_markdown', 'plot_curves',
+           'plot_confusions', 'write_report', 'default_routers', 'has_module', 'extra_routers', 'load_eval_data',
+           'evaluate_cli', 'calibrate_artifact', 'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter',
+           'LengthRouter', 'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
 
 # %% ../nbs/08_evaluate.ipynb #27f04a1a
 def label_index(data:RoutingData)->np.ndarray:
@@ -35,13 +36,35 @@ def outcome_matrix(data:RoutingData)->np.ndarray:
     if data.kind == 'outcomes': return data.scores()
     return (np.arange(len(data.targets))[None, :] >= label_index(data)[:, None]).astype(float)
 
+def cost_array(costs, n:int, T:int)->np.ndarray:
+    "`costs` as floats, checked: one per target `(T,)` or one per query and target `(n, T)`."
+    c = np.asarray(costs, dtype=float)
+    if c.shape == (T,) or c.shape == (n, T): return c
+    raise ValueError(f"costs must have one value per target, shape ({T},), or one per query and target, shape ({n}, {T}); got shape {c.shape}")
+
 def route_value(choice, # index of the chosen target per query
                 outcomes:np.ndarray, # quality matrix from `outcome_matrix`
-                costs, # cost of each target
+                costs, # cost of each target (targets,), or of each target on each query (n, targets)
                )->tuple[float, float]:
     "Mean quality and mean cost per query of the routes `choice`."
-    choice = np.asarray(choice)
-    return float(outcomes[np.arange(len(choice)), choice].mean()), float(np.asarray(costs, dtype=float)[choice].mean())
+    choice = np.asarray(choice); rows = np.arange(len(choice))
+    c = cost_array(costs, *outcomes.shape)
+    paid = c[rows, choice] if c.ndim == 2 else c[choice]
+    return float(outcomes[rows, choice].mean()), float(paid.mean())
+
+def mean_costs(costs)->np.ndarray:
+    "Per-target costs from costs per target or per query (the column means): what a policy can use before it knows the query's cost."
+    c = np.asarray(costs, dtype=float)
+    return c.mean(0) if c.ndim == 2 else c
+
+def decide_costs(scores:np.ndarray, policy:str='argmax', param:float|None=None, costs=None)->np.ndarray:
+    "`decide`, also with a cost matrix (n, targets): the utility policy then weighs each query's own costs (scaled by the largest cost)."
+    c = None if costs is None else np.asarray(costs, dtype=float)
+    if c is None or c.ndim == 1 or policy != 'utility': return decide(scores, policy, param, None if c is None else mean_costs(c))
+    s = np.atleast_2d(np.asarray(scores, dtype=float))
+    if c.shape != s.shape: raise ValueError(f"a cost matrix must match the scores' shape {s.shape}; got {c.shape}")
+    u = s - float(DEFAULT_PARAMS['utility'] if param is None else param) * c / max(c.max(), 1e-12)
+    return (u >= u.max(1, keepdims=True) - 1e-9).argmax(1)
 
 # %% ../nbs/08_evaluate.ipynb #331590dc
 def confusion(true_idx, pred_idx, n:int)->np.ndarray:
@@ -79,15 +102,18 @@ def param_grid(policy:str, scores=None)->np.ndarray:
 
 def sweep(scores:np.ndarray, # router scores (n, targets), targets cheapest first
           outcomes:np.ndarray, # quality matrix (n, targets)
-          costs, # cost of each target
+          costs, # cost of each target (targets,), or per query (n, targets): what the routes are charged
           policy:str='utility', # 'utility' or 'threshold'
           params=None, # values to try (default: `param_grid`)
+          policy_costs=None, # the costs the policy weighs (default: `costs`' per-target means, as a router knows them)
          )->pd.DataFrame:
     "Quality and cost per query at each value of the policy's parameter."
     params = param_grid(policy, scores) if params is None else np.asarray(params, dtype=float)
+    costs = cost_array(costs, *np.shape(outcomes))
+    pc = mean_costs(costs) if policy_costs is None else policy_costs
     rows = []
     for p in params:
-        q, c = route_value(decide(scores, policy, None if np.isnan(p) else float(p), costs), outcomes, costs)
+        q, c = route_value(decide_costs(scores, policy, None if np.isnan(p) else float(p), pc), outcomes, costs)
         rows.append((float(p), q, c))
     return pd.DataFrame(rows, columns=['param', 'quality', 'cost'])
 
@@ -150,21 +176,29 @@ def pair_metrics(scores:np.ndarray, outcomes:np.ndarray, weak:int, strong:int)->
 # %% ../nbs/08_evaluate.ipynb #e9f08c9b
 def calibrate(scores:np.ndarray, # router scores on the calibration queries
               outcomes:np.ndarray, # their quality matrix
-              costs, # cost of each target
+              costs, # cost of each target (targets,), or per query (n, targets)
               policy:str='utility', # 'utility' (λ) or 'threshold' (τ)
               max_cost:float|None=None, # budget: mean cost per query (same unit as `costs`)
               min_quality:float|None=None, # or a quality floor
               params=None, # values to try (default: `param_grid`)
+              aim:str='spend', # for a budget: 'spend' (the largest spend not above it) or 'quality' (the best quality within it)
+              policy_costs=None, # the per-target costs the policy weighs (default: the means of `costs`)
              )->dict:
     "The policy parameter that meets a cost budget or a quality floor on calibration data."
     if policy not in ('utility', 'threshold'): raise ValueError(f"calibration needs a policy with a parameter ('utility' or 'threshold'), not {policy!r}")
     if (max_cost is None) == (min_quality is None): raise ValueError("give exactly one target: max_cost (a budget) or min_quality (a floor)")
-    sw = sweep(scores, outcomes, costs, policy, params)
+    if aim not in ('spend', 'quality'): raise ValueError(f"aim must be 'spend' or 'quality', not {aim!r}")
+    if not len(scores): raise ValueError("no calibration queries: cannot calibrate on an empty set")
+    sw = sweep(scores, outcomes, costs, policy, params, policy_costs)
     if max_cost is not None:
         ok = sw[sw['cost'] <= max_cost + 1e-12]
         if ok.empty: raise ValueError(f"no {policy} parameter keeps the mean cost within {max_cost:g}; the cheapest reachable is {sw['cost'].min():.4g}")
-        best = ok[(ok['quality'] >= ok['quality'].max() - 1e-12)]
-        best = best[best['cost'] <= best['cost'].min() + 1e-12]
+        if aim == 'spend':
+            best = ok[ok['cost'] >= ok['cost'].max() - 1e-12]
+            best = best[best['quality'] >= best['quality'].max() - 1e-12]
+        else:
+            best = ok[(ok['quality'] >= ok['quality'].max() - 1e-12)]
+            best = best[best['cost'] <= best['cost'].min() + 1e-12]
         target = {'max_cost': float(max_cost)}
     else:
         ok = sw[sw['quality'] >= min_quality - 1e-12]
@@ -173,8 +207,53 @@ def calibrate(scores:np.ndarray, # router scores on the calibration queries
         best = best[best['quality'] >= best['quality'].max() - 1e-12]
         target = {'min_quality': float(min_quality)}
     row = best.iloc[len(best) // 2]
-    return {'policy': policy, 'param': float(row['param']), 'target': target,
+    return {'policy': policy, 'param': float(row['param']), 'target': target, 'aim': aim if max_cost is not None else 'cheapest reaching the floor',
             'calibration': {'n': int(len(scores)), 'quality': float(row['quality']), 'cost': float(row['cost'])}}
+
+# %% ../nbs/08_evaluate.ipynb #c08a1101
+def _fit(spec, data:RoutingData, name:str='router'):
+    "Fit a router factory on `data` (a fitted router is returned as it is); never on an empty set."
+    if isinstance(spec, Router): return spec, getattr(spec, 'fit_s', None)
+    if len(data) == 0: raise ValueError(f"{name}: cannot fit on an empty set ({data.source} has no rows)")
+    t = time.perf_counter(); r = spec(data)
+    return r, getattr(r, 'fit_s', time.perf_counter() - t)
+
+def score_data(router:Router, data:RoutingData)->np.ndarray:
+    "A router's scores for the queries of `data`, in `data.targets` order ((0, targets) for an empty set, without calling the router)."
+    if len(data) == 0: return np.zeros((0, len(data.targets)))
+    s = router.score_data(data) if hasattr(router, 'score_data') else router.score_batch(data.queries)
+    return _aligned(np.asarray(s, dtype=float), router.targets, data.targets)
+
+def oof_scores(spec, # a router factory `train_data -> Router`
+               data:RoutingData, # the training data
+               k:int=5, # folds
+               how:str='random', # 'random' or 'grouped' folds (grouped falls back to random with fewer groups than folds)
+               seed:int=0)->np.ndarray:
+    "Out-of-fold scores: each query of `data` scored by the router fitted on the other k-1 folds (the router is fitted k times)."
+    if isinstance(spec, Router): raise ValueError("out-of-fold scores refit the router: give a factory (train_data -> Router), not a fitted router")
+    if how == 'grouped' and (data.groups is None or len(set(data.groups)) < k): how = 'random'
+    out = np.full((len(data), len(data.targets)), np.nan)
+    pos = {i: n for n, i in enumerate(data.ids)}
+    for tr, te in kfold(data, k, how, seed):
+        r, _ = _fit(spec, tr)
+        out[[pos[i] for i in te.ids]] = score_data(r, te)
+    return out
+
+def calibrate_cv(spec, # a router factory
+                 data:RoutingData, # training data: the parameter is chosen on it alone
+                 policy:str='utility', max_cost:float|None=None, min_quality:float|None=None,
+                 budget:float|None=None, # or a budget as a share of the best single candidate's mean cost on `data`
+                 k:int=5, how:str='random', seed:int=0, aim:str='spend')->dict:
+    "`calibrate` on k-fold out-of-fold scores of `data`: a policy parameter chosen on training data only, from every training query."
+    pc, M, unit = cost_basis(data)
+    O = outcome_matrix(data)
+    if budget is not None:
+        if max_cost is not None: raise ValueError("give budget or max_cost, not both")
+        max_cost = budget * M[:, best_single(O, pc)].mean()
+    cal = calibrate(oof_scores(spec, data, k, how, seed), O, M, policy, max_cost, min_quality, aim=aim, policy_costs=pc)
+    cal['calibration'].update(method=f'{k}-fold out-of-fold scores on the training data', folds=k, how=how, cost_unit=unit,
+                              **({'budget_share': budget} if budget is not None else {}))
+    return cal
 
 # %% ../nbs/08_evaluate.ipynb #ac7cd108
 def save_calibration(path, # artifact folder
@@ -298,8 +377,8 @@ def _subsample(d:RoutingData, n:int|None, seed:int=0)->RoutingData:
 
 def best_single(outcomes:np.ndarray, costs)->int:
     "Index of the candidate with the best mean quality (ties to the cheaper)."
-    q = outcomes.mean(0)
-    return int(np.flatnonzero(q >= q.max() - 1e-12)[np.argmin(np.asarray(costs)[q >= q.max() - 1e-12])])
+    q, c = outcomes.mean(0), mean_costs(costs)
+    return int(np.flatnonzero(q >= q.max() - 1e-12)[np.argmin(c[q >= q.max() - 1e-12])])
 
 def _aligned(scores, r_targets, targets):
     if list(r_targets) == list(targets): return scores
@@ -307,10 +386,51 @@ def _aligned(scores, r_targets, targets):
     if miss: raise ValueError(f"router has no scores for targets {miss}")
     return scores[:, [list(r_targets).index(t) for t in targets]]
 
-def _build(spec, data):
-    if isinstance(spec, Router): return spec, getattr(spec, 'fit_s', None)
-    t = time.perf_counter(); r = spec(data)
-    return r, getattr(r, 'fit_s', time.perf_counter() - t)
+def _build(spec, data): return _fit(spec, data)
+
+COST_UNITS = {'$/query': 'USD per query, as the data gives it for each query and candidate (mean per query)',
+              '$/Mtok': 'blended USD per million tokens of the chosen model (Candidate.cost), mean per query; the data has no token counts',
+              'rank': "no prices given: cost is the target's rank, weakest (by mean training score) 0 and strongest 1; with two candidates, cost_rel is the share of queries sent to the strong one"}
+
+def cost_basis(data:RoutingData, # the data the costs are measured on
+               policy_costs=None, # per-target costs the policy weighs (default: `data.costs()`, or ranks without prices)
+              )->tuple[np.ndarray, np.ndarray, str]:
+    "(per-target costs for the policy, (n, targets) costs the routes are charged, unit): per-query costs when the data has them, else prices, else ranks."
+    T = len(data.targets)
+    pc = data.costs() if policy_costs is None else np.asarray(policy_costs, dtype=float)
+    unit = data.cost_unit
+    if pc is None: pc, unit = np.linspace(0, 1, T) if T > 1 else np.zeros(1), 'rank'
+    M = data.cost_matrix() if data.cost_unit else None
+    if M is None: M = np.tile(pc, (len(data), 1))
+    return np.asarray(pc, dtype=float), M, unit or 'rank'
+
+# %% ../nbs/08_evaluate.ipynb #c08a1105
+class GroupRouter(Router):
+    "Baseline that knows only the query's task or group: per candidate, its mean quality on the training queries of that group (shrunk towards the overall mean; the overall mean for a group not seen in training)."
+    def __init__(self, prior_weight:float=1.0): # pseudo-queries of the overall mean added to each group
+        self.prior_weight, self.table, self.lookup = prior_weight, None, {}
+    def fit(self, data:RoutingData):
+        t = time.perf_counter()
+        if data.groups is None: raise ValueError(f"{data.source}: the task-only baseline needs a task/group column")
+        self.targets, self.costs = list(data.targets), data.costs()
+        S = outcome_matrix(data); self.prior = S.mean(0)
+        df = pd.DataFrame(S); df['g'] = data.groups
+        sums, counts = df.groupby('g').sum(), df.groupby('g').size()
+        self.table = {g: (sums.loc[g].to_numpy() + self.prior_weight * self.prior) / (counts[g] + self.prior_weight) for g in counts.index}
+        self.fit_s = time.perf_counter() - t
+        return self
+    def score_data(self, data:RoutingData)->np.ndarray:
+        "Scores from each query's group (routing needs the group: a query's text alone does not carry it)."
+        gs = data.groups or [None] * len(data)
+        self.lookup.update(zip(data.queries, gs))
+        return np.stack([self.table.get(g, self.prior) for g in gs]) if len(data) else np.zeros((0, len(self.targets)))
+    def score_batch(self, queries:list[str])->np.ndarray:
+        "Scores for queries seen by `score_data` (their group); the overall mean for others."
+        return np.stack([self.table.get(self.lookup.get(q), self.prior) for q in queries]) if len(queries) else np.zeros((0, len(self.targets)))
+    def size_bytes(self)->int: return len(pickle.dumps(self.table))
+    def describe(self)->dict: return {'router': 'task-only', 'targets': list(self.targets), 'groups': len(self.table)}
+
+SIMPLE_BASELINES = ('task-only', 'length-only', 'length') # routers every comparison carries (and the old name of the length-only one)
 
 # %% ../nbs/08_evaluate.ipynb #ddc702a8
 def _point(sw, budget):
@@ -321,27 +441,34 @@ def _cost_for(sw, q):
     ok = sw[sw['quality'] >= q - 1e-12]
     return None if ok.empty else float(ok['cost'].min())
 
-def score_report(scores:np.ndarray, outcomes:np.ndarray, costs, ref:int, pair:tuple, budgets=(0.5, 0.12),
-                 tiers:np.ndarray|None=None, policy:str='utility')->tuple[dict, pd.DataFrame]:
+def score_report(scores:np.ndarray, outcomes:np.ndarray,
+                 costs, # per target (targets,) or per query (n, targets): what routes are charged
+                 ref:int, pair:tuple, budgets=(0.5, 0.12),
+                 tiers:np.ndarray|None=None, policy:str='utility',
+                 policy_costs=None, # per-target costs the policy weighs (default: the means of `costs`)
+                )->tuple[dict, pd.DataFrame]:
     "Everything measured from one router's test scores: a table row, and its cost-quality sweep."
-    costs = np.asarray(costs, dtype=float); rc = costs[ref]; lo, hi = costs.min(), costs.max()
+    costs = cost_array(costs, *outcomes.shape); cm = mean_costs(costs)
+    pc = cm if policy_costs is None else np.asarray(policy_costs, dtype=float)
+    rc = cm[ref]; lo, hi = cm.min(), cm.max()
     choice = decide(scores)
     q, c = route_value(choice, outcomes, costs)
-    sw = sweep(scores, outcomes, costs, policy)
+    sw = sweep(scores, outcomes, costs, policy, policy_costs=pc)
     row = {'quality': q, 'cost': c, 'cost_rel': c / rc, 'aiq': aiq(sw['cost'], sw['quality'], lo, hi)}
     for b in budgets: row[f'q@{b:.0%}'] = _point(sw, b * rc)
     need = _cost_for(sw, 0.95 * outcomes[:, ref].mean())
     row['cost_rel@95%best'] = None if need is None else need / rc
     try: row.update(pair_metrics(scores, outcomes, *pair))
     except ValueError: pass
-    if tiers is not None: row.update({k: v for k, v in tier_metrics(confusion(tiers, choice, len(costs)), costs).items() if k != 'n'})
+    if tiers is not None: row.update({k: v for k, v in tier_metrics(confusion(tiers, choice, len(pc)), pc).items() if k != 'n'})
     return row, sw
 
 # %% ../nbs/08_evaluate.ipynb #ff751438
 def baseline_rows(outcomes:np.ndarray, costs, targets:list, ref:int, pair:tuple, budgets=(0.5, 0.12), tiers=None)->tuple[list, dict]:
-    "Table rows (and curves) for random, each single candidate, and the oracle."
-    costs = np.asarray(costs, dtype=float); rc, n, T = costs[ref], len(outcomes), len(targets)
-    lo, hi = costs.min(), costs.max()
+    "Table rows (and curves) for random, each single candidate, and the oracle; `costs` per target or per query."
+    costs = cost_array(costs, *outcomes.shape); cm = mean_costs(costs)
+    rc, n, T = cm[ref], len(outcomes), len(targets)
+    lo, hi = cm.min(), cm.max()
     def row(name, q, c, extra):
         r = {'router': name, 'baseline': True, 'quality': q, 'cost': c, 'cost_rel': c / rc, 'aiq': aiq([c], [q], lo, hi),
              **{f'q@{b:.0%}': (q if c <= b * rc + 1e-12 else None) for b in budgets},
@@ -349,17 +476,18 @@ def baseline_rows(outcomes:np.ndarray, costs, targets:list, ref:int, pair:tuple,
         return {**r, **extra}
     rows, curves = [], {}
     cm_random = np.outer(np.bincount(tiers, minlength=T), np.ones(T) / T) if tiers is not None else None
-    tm = lambda cm: {k: v for k, v in tier_metrics(cm, costs).items() if k != 'n'} if cm is not None else {}
+    tm = lambda m: {k: v for k, v in tier_metrics(m, cm).items() if k != 'n'} if m is not None else {}
     x, p = pgr_curve(np.zeros(n), outcomes[:, pair[0]], outcomes[:, pair[1]]) if outcomes[:, pair[1]].mean() > outcomes[:, pair[0]].mean() else (None, None)
-    rows.append(row('random', float(outcomes.mean()), float(costs.mean()),
+    rows.append(row('random', float(outcomes.mean()), float(cm.mean()),
                     {**({'apgr': apgr(x, p), 'cpt50': cpt(x, p, .5), 'cpt80': cpt(x, p, .8)} if x is not None else {}), **tm(cm_random)}))
     for j, t in enumerate(targets):
-        name = f'always {t}' + (' (cheapest)' if j == int(np.argmin(costs)) else '') + (' (best single)' if j == ref else '')
-        rows.append(row(name, float(outcomes[:, j].mean()), float(costs[j]), tm(confusion(tiers, np.full(n, j), T)) if tiers is not None else {}))
-    ch = decide(outcomes)
+        name = f'always {t}' + (' (cheapest)' if j == int(np.argmin(cm)) else '') + (' (best single)' if j == ref else '')
+        rows.append(row(name, float(outcomes[:, j].mean()), float(cm[j]), tm(confusion(tiers, np.full(n, j), T)) if tiers is not None else {}))
+    pay = costs if costs.ndim == 2 else np.tile(costs, (n, 1)) # the oracle: the best outcome, and among those the cheapest on this query
+    ch = np.lexsort((pay, -outcomes), axis=1)[:, 0] if n else np.zeros(0, int)
     q, c = route_value(ch, outcomes, costs)
     orow = row('oracle', q, c, {**({} if x is None else pair_metrics(outcomes, outcomes, *pair)), **tm(confusion(tiers, ch, T) if tiers is not None else None)})
-    sw = sweep(outcomes, outcomes, costs)
+    sw = sweep(outcomes, outcomes, costs, policy_costs=costs) # the oracle knows each query's costs too
     orow['aiq'] = aiq(sw['cost'], sw['quality'], lo, hi)
     for b in budgets: orow[f'q@{b:.0%}'] = _point(sw, b * rc)
     need = _cost_for(sw, 0.95 * outcomes[:, ref].mean()); orow['cost_rel@95%best'] = None if need is None else need / rc
@@ -367,11 +495,31 @@ def baseline_rows(outcomes:np.ndarray, costs, targets:list, ref:int, pair:tuple,
     return rows, curves
 
 # %% ../nbs/08_evaluate.ipynb #0714356d
+class Comparison(dict):
+    "`compare`'s JSON-ready result (meta, rows, confusions, curves), with the fitted routers and their test scores as attributes."
+    routers:dict; scores:dict; outcomes:np.ndarray; costs:np.ndarray; test:RoutingData
+
+def _calibrate_router(name, spec, fitted, full, valid, calibration, cal_folds, cv_how, budget, pc, seed):
+    "The calibration of one router (or None), and how it was made."
+    O_full, (_, M_full, _) = outcome_matrix(full), cost_basis(full, pc)
+    ref = best_single(O_full, pc)
+    if calibration == 'cv' and not isinstance(spec, Router):
+        S = oof_scores(spec, full, cal_folds, cv_how, seed)
+        cal = calibrate(S, O_full, M_full, 'utility', max_cost=budget * M_full[:, ref].mean(), policy_costs=pc)
+        cal['calibration'].update(method=f'{cal_folds}-fold out-of-fold', rc=float(M_full[:, ref].mean()))
+        return cal
+    if valid is not None and len(valid): # a fitted router, or the hold-out protocol
+        _, Mv, _ = cost_basis(valid, pc); Ov = outcome_matrix(valid)
+        cal = calibrate(score_data(fitted, valid), Ov, Mv, 'utility', max_cost=budget * Mv[:, ref].mean(), policy_costs=pc)
+        cal['calibration'].update(method='held-out split', rc=float(Mv[:, ref].mean()))
+        return cal
+    return None
+
 def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> Router`
-            train:RoutingData, test:RoutingData,
-            valid:RoutingData|None=None, # calibration split (None: hold out `cal_frac` of train)
-            cal_frac:float=0.2, # share of train held out for calibration when there is no `valid` (0: no calibration)
-            refit:bool=True, # after calibrating, train again on train + valid for the test
+            train:RoutingData, test:RoutingData|None=None, # test: None with `folds`
+            valid:RoutingData|None=None, # more training data ('cv'), or the calibration split ('holdout')
+            cal_frac:float=0.2, # 'holdout' only: share of train held out for calibration when there is no `valid` (0: no calibration)
+            refit:bool=True, # 'holdout' only: after calibrating, train again on train + valid for the test
             budgets=(0.5, 0.12), # cost budgets, as shares of the best single candidate's cost; the first is calibrated
             pair:tuple|None=None, # (weak, strong) target names for PGR/APGR/CPT (default: cheapest, best single)
             embedder:Embedder|None=None, # the shared embedder: its embeddings of all queries are made (and timed) first
@@ -379,23 +527,53 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
             no_calibration=(), # routers trained once, on train + valid, and not calibrated (for those too slow to train twice)
             seed:int=0,
             progress:bool=True,
-           )->dict:
-    "Train, calibrate and measure each router and the baselines on the same splits; a JSON-ready dict."
-    costs = test.costs()
-    if costs is None: raise ValueError(f"{test.source}: the targets have no costs; give a candidates file")
+            calibration:str|None='cv', # 'cv' (out-of-fold scores on the training data), 'holdout' (a held-out split) or None
+            cal_folds:int=5, # folds of the 'cv' calibration
+            cv_how:str='random', # 'random' or 'grouped' folds, for the calibration and for `folds`
+            baselines:bool=True, # add the task-only and length-only routers
+            folds:int|None=None, # k-fold cross-validation on `train` (+ `valid`) instead of a test split
+           )->Comparison:
+    "Train, calibrate and measure each router and the baselines on the same splits; a JSON-ready dict with the fitted routers and test scores as attributes."
+    if calibration not in ('cv', 'holdout', None): raise ValueError(f"calibration must be 'cv', 'holdout' or None, not {calibration!r}")
+    if folds: return _compare_folds(routers, train if valid is None else concat_data(train, valid), test, folds, budgets=budgets, pair=pair, embedder=embedder,
+                                    n_latency=n_latency, no_calibration=no_calibration, seed=seed, progress=progress, calibration=calibration,
+                                    cal_folds=cal_folds, cv_how=cv_how, baselines=baselines, cal_frac=cal_frac, refit=refit)
+    if test is None: raise ValueError("give a test split, or folds=k for cross-validation")
+    for nm, d in (('training', train), ('test', test)):
+        if len(d) == 0: raise ValueError(f"{d.source}: the {nm} set is empty; nothing can be fitted or scored on it")
+    if list(train.targets) != list(test.targets): raise ValueError(f"train and test have different targets: {train.targets} and {test.targets}")
     targets, O = list(test.targets), outcome_matrix(test)
+    pc, M, unit = cost_basis(test, train.costs() if train.costs() is not None else None)
     tiers = label_index(test) if test.kind == 'tiers' else None
-    O_train = outcome_matrix(train)
-    ref = best_single(O_train, costs) # chosen on training data, not on the test
-    pair = (int(np.argmin(costs)), ref) if pair is None else tuple(targets.index(p) for p in pair)
-    if valid is None and cal_frac > 0: fit_part, valid = split_data(train, 'random', (1 - cal_frac, cal_frac), seed)
-    else: fit_part = train
-    full = concat_data(fit_part, valid) if (valid is not None and refit) else fit_part
-    meta = {'train': {'source': train.source, 'n': len(train)}, 'test': {'source': test.source, 'n': len(test)}, 'kind': test.kind,
-            'targets': [{'name': t, 'cost': float(c)} for t, c in zip(targets, costs)], 'reference': targets[ref],
+    ref = best_single(outcome_matrix(train), pc) # chosen on training data, not on the test
+    pair = (int(np.argmin(pc)), ref) if pair is None else tuple(targets.index(p) for p in pair)
+    if calibration == 'holdout':
+        if valid is None and cal_frac > 0: fit_part, valid = split_data(train, 'random', (1 - cal_frac, cal_frac), seed)
+        else: fit_part = train
+        full = concat_data(fit_part, valid) if (valid is not None and refit) else fit_part
+    else:
+        full = concat_data(train, valid) if valid is not None else train
+        fit_part = full
+    routers = dict(routers)
+    simple = []
+    if baselines:
+        if train.groups is not None and test.groups is not None and 'task-only' not in routers:
+            routers['task-only'] = lambda d: GroupRouter().fit(d); simple.append('task-only')
+        if not any(n.split(' ')[0] in ('length', 'length-only') for n in routers):
+            routers['length-only'] = lambda d: LengthRouter().fit(d); simple.append('length-only')
+    simple += [n for n in routers if n.split(' ')[0] in ('length', 'length-only') and n not in simple]
+    cal_note = {'cv': f'{cal_folds}-fold out-of-fold scores on the {len(full)} training queries ({cv_how} folds)', 'holdout': None, None: None}[calibration]
+    if calibration == 'holdout' and valid is not None: cal_note = f'{len(valid)} held-out training queries (routers trained on {len(fit_part)}, then on {len(full)})'
+    cpart = cost_basis(test, pc)[1][:, ref].mean()
+    meta = {'train': {'source': train.source, 'n': len(full)}, 'test': {'source': test.source, 'n': len(test)}, 'kind': test.kind,
+            'targets': [{'name': t, 'cost': float(c)} for t, c in zip(targets, pc)], 'reference': targets[ref],
             'pair': [targets[p] for p in pair], 'budgets': list(budgets), 'policy': 'utility',
-            'calibration': None if valid is None else {'n': len(valid), 'fit_on': len(fit_part), 'refit_on': len(full), 'budget': budgets[0]},
-            'cost_unit': 'blended USD per million tokens of the chosen model (Candidate.cost), mean per query; the data has no token counts',
+            'calibration': None if cal_note is None else {'method': calibration, 'folds': cal_folds if calibration == 'cv' else None, 'n': len(full) if calibration == 'cv' else len(valid),
+                                                          'fit_on': len(fit_part), 'refit_on': len(full), 'budget': budgets[0], 'on': cal_note,
+                                                          'aim': 'the largest spend not above the budget', 'chosen_on': 'training data only'},
+            'cost_unit': COST_UNITS[unit], 'cost_unit_short': unit, 'reference_cost': float(cpart),
+            'target_order': (train.info or {}).get('target_order', 'candidates price' if train.candidates else None),
+            'simple_baselines': simple,
             'quality': 'mean measured score of the chosen model' if test.kind == 'outcomes' else 'share of queries sent to at least the tier they need'}
     if embedder is not None:
         qs = list(dict.fromkeys(full.queries + (valid.queries if valid is not None else []) + test.queries))
@@ -404,40 +582,42 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
         new = len(embedder._mem) - before if hasattr(embedder, '_mem') else len(qs)
         meta['embedding'] = {'model': str(getattr(embedder, 'name', '')), 'queries': len(qs), 'embedded_now': new, 'seconds': round(time.perf_counter() - t, 2)}
         if hasattr(embedder, 'save'): embedder.save()
-    rows, curves = baseline_rows(O, costs, targets, ref, pair, budgets, tiers)
-    confusions, fitted = {}, {}
+    rows, curves = baseline_rows(O, M, targets, ref, pair, budgets, tiers)
+    confusions, fitted, scores = {}, {}, {}
     if tiers is not None: confusions['oracle'] = confusion(tiers, decide(O), len(targets)).tolist()
     it = routers.items()
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, total=len(routers), desc='routers')
     for name, spec in it:
-        row = {'router': name, 'baseline': False}
+        row = {'router': name, 'baseline': False, **({'simple_baseline': True} if name in simple else {})}
         try:
             cal = None
-            if name in no_calibration: r, fit_s = _build(spec, full)
-            elif valid is not None:
-                r, _ = _build(spec, fit_part)
-                sv = _aligned(r.score_batch(valid.queries), r.targets, targets)
-                Ov = outcome_matrix(valid)
-                try: cal = calibrate(sv, Ov, costs, 'utility', max_cost=budgets[0] * costs[ref])
+            if name in no_calibration or calibration is None: r, fit_s = _fit(spec, full, name)
+            elif calibration == 'holdout':
+                r, fit_s = _fit(spec, fit_part, name)
+                try: cal = _calibrate_router(name, spec, r, full, valid, 'holdout', cal_folds, cv_how, budgets[0], pc, seed)
                 except ValueError as e: row['calibration_error'] = str(e)
-                if refit and not isinstance(spec, Router): r, fit_s = _build(spec, full)
-                else: fit_s = getattr(r, 'fit_s', None)
-            else: r, fit_s = _build(spec, fit_part)
+                if refit and not isinstance(spec, Router) and full is not fit_part: r, fit_s = _fit(spec, full, name)
+            else:
+                r, fit_s = _fit(spec, full, name)
+                try: cal = _calibrate_router(name, spec, r, full, valid if isinstance(spec, Router) else None, 'cv', cal_folds, cv_how, budgets[0], pc, seed)
+                except ValueError as e: row['calibration_error'] = str(e)
             t = time.perf_counter()
-            s = _aligned(r.score_batch(test.queries), r.targets, targets)
+            s = score_data(r, test)
             batch_s = time.perf_counter() - t
-            rep, sw = score_report(s, O, costs, ref, pair, budgets, tiers)
+            rep, sw = score_report(s, O, M, ref, pair, budgets, tiers, policy_costs=pc)
             row.update(rep); curves[name] = sw
             if cal is not None:
-                q, c = route_value(decide(s, 'utility', cal['param'], costs), O, costs)
-                row.update({'cal_param': cal['param'], 'cal_quality': q, 'cal_cost_rel': c / costs[ref], 'cal_valid_cost_rel': cal['calibration']['cost'] / costs[ref]})
+                q, c = route_value(decide_costs(s, 'utility', cal['param'], pc), O, M)
+                row.update({'cal_param': cal['param'], 'cal_budget': budgets[0], 'cal_method': cal['calibration']['method'],
+                            'cal_train_cost_rel': cal['calibration']['cost'] / cal['calibration']['rc'], 'cal_train_quality': cal['calibration']['quality'],
+                            'cal_quality': q, 'cal_cost_rel': c / cpart, 'cal_spent_share': c / cpart / budgets[0]})
             if tiers is not None: confusions[name] = confusion(tiers, decide(s), len(targets)).tolist()
             size, emb = router_bytes(r), embedder_bytes(r)
             row.update({'fit_s': fit_s, 'score_s_per_1k': batch_s / len(test) * 1000,
                         'size_mb': None if size is None else size / 2**20, 'model_mb': None if emb is None else emb / 2**20})
-            fitted[name] = r
+            fitted[name], scores[name] = r, s
         except Exception as e:
             row['error'] = f'{type(e).__name__}: {e}'
         rows.append(row)
@@ -446,8 +626,60 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
         for row in rows:
             if row['router'] in lat: row.update({k: v for k, v in lat[row['router']].items() if k != 'n'})
     rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows] # strict JSON: no NaN
-    return {'meta': meta, 'rows': rows, 'confusions': confusions,
-            'curves': {k: {c: v[c].round(6).tolist() for c in ('param', 'quality', 'cost')} for k, v in curves.items()}}
+    meta['vs_baselines'] = _vs_baselines(rows, simple)
+    res = Comparison(meta=meta, rows=rows, confusions=confusions,
+                     curves={k: {c: v[c].round(6).tolist() for c in ('param', 'quality', 'cost')} for k, v in curves.items()})
+    res.routers, res.scores, res.outcomes, res.costs, res.test = fitted, scores, O, M, test
+    return res
+
+def _vs_baselines(rows, simple)->dict|None:
+    "The best router by AIQ against each simple baseline's AIQ."
+    rs = [r for r in rows if not r.get('baseline') and not r.get('simple_baseline') and r.get('aiq') is not None]
+    if not rs: return None
+    best = max(rs, key=lambda r: r['aiq'])
+    out = {'best_router': best['router'], 'best_aiq': best['aiq']}
+    for r in rows:
+        if r['router'] in simple and r.get('aiq') is not None:
+            out[f"{r['router']}_aiq"] = r['aiq']; out[f"beats_{r['router']}"] = bool(best['aiq'] > r['aiq'])
+    return out
+
+# %% ../nbs/08_evaluate.ipynb #c08a1107
+def _agg_rows(per_fold:list[list[dict]])->list[dict]:
+    "Rows of several folds as one row per router: the mean of each number, its standard deviation as `<key>_sd`, and `n_folds`."
+    names = list(dict.fromkeys(r['router'] for rows in per_fold for r in rows))
+    out = []
+    for n in names:
+        rs = [r for rows in per_fold for r in rows if r['router'] == n]
+        row = {'router': n, 'n_folds': len(rs)}
+        for k in dict.fromkeys(k for r in rs for k in r):
+            vals = [r.get(k) for r in rs]
+            nums = [float(v) for v in vals if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and v is not None and np.isfinite(v)]
+            if k == 'router': continue
+            if nums and all(v is None or isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in vals):
+                row[k] = float(np.mean(nums)); row[f'{k}_sd'] = float(np.std(nums, ddof=1)) if len(nums) > 1 else 0.0
+            else: row[k] = next((v for v in vals if v is not None), None)
+        out.append(row)
+    return out
+
+def _compare_folds(routers, data, test, k, progress=True, n_latency=100, seed=0, cv_how='random', **kw)->Comparison:
+    "`compare` on each of `k` folds of `data`, aggregated."
+    if test is not None: raise ValueError("k-fold cross-validation splits the training data itself: give folds or a test split, not both")
+    fixed = [n for n, s in routers.items() if isinstance(s, Router)]
+    if fixed: raise ValueError(f"k-fold cross-validation refits every router: give factories (train_data -> Router), not fitted routers ({fixed})")
+    per, metas, conf = [], [], {}
+    for j, (tr, te) in enumerate(kfold(data, k, cv_how, seed)):
+        if progress: print(f'fold {j + 1}/{k}: train {len(tr)}, test {len(te)}')
+        r = compare(routers, tr, te, progress=False, n_latency=n_latency if j == 0 else 0, seed=seed, cv_how=cv_how, **kw)
+        per.append(r['rows']); metas.append(r['meta'])
+        if j == 0: curves, res0 = r['curves'], r
+    meta = {**metas[0], 'train': {'source': data.source, 'n': len(data)}, 'test': {'source': f'{k} folds of {data.source}', 'n': len(data)},
+            'folds': {'k': k, 'how': cv_how, 'n': len(data), 'test_sizes': [m['test']['n'] for m in metas],
+                      'references': [m['reference'] for m in metas], 'note': 'mean and standard deviation over folds; the curves drawn are fold 1\'s'}}
+    rows = _agg_rows(per)
+    meta['vs_baselines'] = _vs_baselines(rows, meta['simple_baselines'])
+    res = Comparison(meta=meta, rows=rows, confusions={}, curves=curves, fold_rows=per)
+    res.routers, res.scores, res.outcomes, res.costs, res.test = res0.routers, res0.scores, res0.outcomes, res0.costs, res0.test
+    return res
 
 # %% ../nbs/08_evaluate.ipynb #98dc0520
 def _fmt(v, digits=3):
@@ -458,36 +690,53 @@ def _fmt(v, digits=3):
     return str(v)
 
 def markdown_table(rows:list[dict], cols:list, headers:list|None=None)->str:
-    "A Markdown table of `cols` from `rows` (missing values shown as –)."
+    "A Markdown table of `cols` from `rows` (missing values shown as –; a number with `<col>_sd` beside it as mean ± sd)."
     headers = headers or cols
+    def cell(r, c):
+        v, sd = r.get(c), r.get(f'{c}_sd')
+        if sd is not None and isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and np.isfinite(v): return f'{_fmt(v)} ± {_fmt(sd)}'
+        return _fmt(v)
     lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(cols) - 1)) + '|']
-    lines += ['| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |' for r in rows]
+    lines += ['| ' + ' | '.join(cell(r, c) for c in cols) + ' |' for r in rows]
     return '\n'.join(lines)
 
 _QUALITY_COLS = ['router', 'quality', 'cost_rel', 'aiq', 'apgr', 'cpt50', 'cpt80', 'cost_rel@95%best']
 _ENG_COLS = ['router', 'fit_s', 'p50_ms', 'p99_ms', 'size_mb', 'model_mb'] # score_s_per_1k stays in the JSON: it depends on what the cache held
 _TIER_COLS = ['router', 'accuracy', 'macro_f1', 'under_routed', 'over_routed', 'cost_vs_largest']
+_CAL_COLS = ['router', 'cal_param', 'cal_budget', 'cal_train_cost_rel', 'cal_cost_rel', 'cal_quality']
 
 def report_markdown(res:dict, title:str='Router comparison')->str:
-    "The comparison as Markdown: quality and cost, tiers (for tier data), calibration, engineering."
+    "The comparison as Markdown: quality and cost, tiers (for tier data), the calibrated points, the simple baselines, engineering."
     m, rows = res['meta'], res['rows']
     ref, pair = m['reference'], m['pair']
     bcols = [f'q@{b:.0%}' for b in m['budgets']]
+    fo = m.get('folds')
+    split = (f"{fo['k']}-fold cross-validation ({fo['how']} folds) on {m['train']['source']} ({fo['n']} queries): every number is the mean ± standard deviation over the folds, "
+             f"each fold a full comparison trained and calibrated on its training part only" if fo else
+             f"Train: {m['train']['source']} ({m['train']['n']} queries); test: {m['test']['source']} ({m['test']['n']} queries)")
+    order = m.get('target_order')
+    order_note = (f" Targets ordered by {order}" + ("; the weaker model comes first (no prices), so the pair's order comes from the data" if order == 'mean score (no prices)' else '') + '.') if order and order != 'candidates price' else ''
     out = [f'## {title}', '',
-           f"Train: {m['train']['source']} ({m['train']['n']} queries); test: {m['test']['source']} ({m['test']['n']} queries). "
-           f"Quality: {m['quality']}. Cost: {m['cost_unit']}. `cost_rel` is relative to the best single candidate on the training data, "
+           f"{split}. Quality: {m['quality']}. Cost: {m['cost_unit']} (unit: **{m.get('cost_unit_short', '$/Mtok')}**).{order_note} `cost_rel` is relative to the best single candidate on the training data, "
            f"**{ref}**; `q@x%` is the best quality of the router's utility curve (λ swept on the test split) at a cost of at most x% of it; "
-           f"`cost_rel@95%best` the least relative cost reaching 95% of its quality. APGR and CPT are between **{pair[0]}** (weak) and **{pair[1]}** (strong). "
-           f"Routers route with `argmax` in the first columns.", '',
+           f"`cost_rel@95%best` the least relative cost reaching 95% of its quality. APGR and CPT are between **{pair[0]}** (weak) and **{pair[1]}** (strong)"
+           + (" and need no prices" if m.get('cost_unit_short') == 'rank' else '') + ". Routers route with `argmax` in the first columns.", '',
            markdown_table(rows, _QUALITY_COLS[:4] + bcols + _QUALITY_COLS[4:])]
     if m['kind'] == 'tiers': out += ['', markdown_table(rows, _TIER_COLS)]
     rr = [r for r in rows if not r.get('baseline')]
-    if m.get('calibration'):
-        c = m['calibration']
-        out += ['', f"Calibration: λ of the utility policy chosen for a budget of {c['budget']:.0%} of {ref}'s cost on {c['n']} held-out queries "
-                f"(routers trained on {c['fit_on']}), then routers retrained on {c['refit_on']} and applied to the test split:", '',
-                markdown_table(rr, ['router', 'cal_param', 'cal_valid_cost_rel', 'cal_cost_rel', 'cal_quality'],
-                               ['router', 'λ', 'cost_rel (calibration)', 'cost_rel (test)', 'quality (test)'])]
+    c = m.get('calibration')
+    if c:
+        out += ['', f"Calibrated points: λ of the utility policy chosen **on training data only**, from {c['on']}, aimed at {c.get('aim', 'the budget')} "
+                f"of {c['budget']:.0%} of {ref}'s cost; the routers were then trained on all {c['refit_on']} training queries and applied to the test split with that λ. "
+                "`budget` is the share asked, `spent (train)` what λ spent on the calibration scores, `spent (test)` the share actually spent on the test split, "
+                "both relative to the best single candidate's cost:", '',
+                markdown_table([r for r in rr if r.get('cal_param') is not None or r.get('calibration_error')], _CAL_COLS,
+                               ['router', 'λ', 'budget', 'spent (train)', 'spent (test)', 'quality (test)'])]
+    vs = m.get('vs_baselines')
+    if vs and m.get('simple_baselines'):
+        parts = [f"{b} {vs.get(f'{b}_aiq', float('nan')):.3f} ({'beaten' if vs.get(f'beats_{b}') else 'NOT beaten'})" for b in m['simple_baselines'] if f'{b}_aiq' in vs]
+        out += ['', f"Simple baselines (`task-only`: per-candidate mean quality of the query's task on training data, reading the task name a deployed router is not given; "
+                f"`length-only`: the query's length alone): the best router by AIQ, **{vs['best_router']}** ({vs['best_aiq']:.3f}), against " + ', '.join(parts) + '.']
     emb = m.get('embedding')
     emb_note = ''
     if emb: emb_note = (f" given the embeddings of the {emb['queries']} queries by {emb['model']}, shared by the embedding routers (" +
@@ -495,39 +744,50 @@ def report_markdown(res:dict, title:str='Router comparison')->str:
     out += ['', 'Engineering: `fit_s` is training time' + emb_note + '; latency is one `route` call per query in process, embedding included, '
             'routers taking turns on each query; `size_mb` counts the router\'s own files, `model_mb` the embedding or base model it also needs.', '',
             markdown_table(rr, _ENG_COLS)]
-    errs = [f"- {r['router']}: {r['error']}" for r in rows if r.get('error')]
+    errs = [f"- {r['router']}: {r['error']}" for r in rows if r.get('error')] + [f"- {r['router']} (calibration): {r['calibration_error']}" for r in rows if r.get('calibration_error')]
     if errs: out += ['', 'Failed:', *errs]
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/08_evaluate.ipynb #8e9e13bd
-def plot_curves(res:dict, path, title:str='')->Path:
-    "Cost-quality curves of the routers' utility policy, with the baselines as points, saved as PNG."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def _figure(**kw):
+    "A matplotlib figure outside pyplot's state: returned, it shows inline once in a notebook, and scripts never leak it."
+    import matplotlib.pyplot # noqa: F401 (sets up the notebook's inline display of figures)
+    from matplotlib.figure import Figure
+    return Figure(**kw)
+
+def plot_curves(res:dict, path=None, title:str=''):
+    "Cost-quality curves of the routers' utility policy (hulls), the baselines as points, and each router's calibrated point on the test split (×) with the budget asked (dashed); the figure, saved as PNG when `path` is given."
     m = res['meta']; rc = next(t['cost'] for t in m['targets'] if t['name'] == m['reference'])
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = _figure(figsize=(8, 5.5)); ax = fig.subplots()
+    rows = {r['router']: r for r in res['rows']}
     for name, cv in res['curves'].items():
         x, y = np.array(cv['cost']) / rc, np.array(cv['quality'])
         hx, hy = upper_hull(x, y)
-        ax.plot(hx, hy, lw=2 if name != 'oracle' else 1, ls='-' if name != 'oracle' else ':', label=name, color='k' if name == 'oracle' else None)
+        ls = ':' if name == 'oracle' else '--' if rows.get(name, {}).get('simple_baseline') else '-'
+        line, = ax.plot(hx, hy, lw=2 if name != 'oracle' else 1, ls=ls, label=name, color='k' if name == 'oracle' else None)
+        r = rows.get(name, {})
+        if r.get('cal_cost_rel') is not None:
+            ax.errorbar(r['cal_cost_rel'], r['cal_quality'], xerr=r.get('cal_cost_rel_sd'), yerr=r.get('cal_quality_sd'), marker='x', ms=9, mew=2, color=line.get_color(), zorder=4)
     for r in res['rows']:
         if r.get('baseline') and r['router'] != 'oracle':
             ax.scatter(r['cost_rel'], r['quality'], marker='s' if r['router'] == 'random' else 'o', color='grey', zorder=3)
             ax.annotate(r['router'], (r['cost_rel'], r['quality']), fontsize=7, xytext=(3, 3), textcoords='offset points')
     for b in m['budgets']: ax.axvline(b, color='grey', lw=0.5, ls='--')
-    ax.set(xlabel=f"mean cost per query, relative to {m['reference']}", ylabel='mean quality', title=title or 'cost-quality (utility policy, λ swept; hulls)')
+    cal = m.get('calibration')
+    if cal: ax.axvline(cal['budget'], color='red', lw=0.8, ls='--', label=f"budget asked ({cal['budget']:.0%}); × calibrated λ on test")
+    unit = m.get('cost_unit_short', '$/Mtok')
+    ax.set(xlabel=f"mean cost per query ({unit}), relative to {m['reference']}", ylabel='mean quality', title=title or 'cost-quality (utility policy, λ swept; hulls)')
     ax.legend(fontsize=8, loc='lower right'); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
-    return Path(path)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=110)
+    return fig
 
-def plot_confusions(res:dict, path, title:str='')->Path|None:
-    "Confusion matrices (row-normalised, with counts) of every router on tier data, saved as PNG."
+def plot_confusions(res:dict, path=None, title:str=''):
+    "Confusion matrices (row-normalised, with counts) of every router on tier data: the figure (None without tier data), saved as PNG when `path` is given."
     if not res['confusions']: return None
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     names = [n for n in res['confusions']]; T = [t['name'] for t in res['meta']['targets']]
     cols = min(4, len(names)); rows = int(np.ceil(len(names) / cols))
-    fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.1 * rows), squeeze=False)
+    fig = _figure(figsize=(3.2 * cols, 3.1 * rows)); axs = fig.subplots(rows, cols, squeeze=False)
     for ax in axs.ravel()[len(names):]: ax.axis('off')
     for ax, n in zip(axs.ravel(), names):
         cm = np.array(res['confusions'][n]); norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -537,8 +797,9 @@ def plot_confusions(res:dict, path, title:str='')->Path|None:
         ax.set_xticks(range(len(T)), T, fontsize=7); ax.set_yticks(range(len(T)), T, fontsize=7)
         ax.set_title(n, fontsize=9); ax.set_xlabel('chosen', fontsize=7); ax.set_ylabel('needed', fontsize=7)
     if title: fig.suptitle(title)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
-    return Path(path)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=110)
+    return fig
 
 def write_report(res:dict, out, name:str='evaluate', title:str='Router comparison')->dict:
     "Write `name`.json, `name`.md and the PNGs into folder `out`; return their paths."
@@ -546,11 +807,11 @@ def write_report(res:dict, out, name:str='evaluate', title:str='Router compariso
     def put(p, text):
         tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(text); os.replace(tmp, p)
     paths = {'json': out/f'{name}.json', 'md': out/f'{name}.md'}
-    put(paths['json'], json.dumps(res, indent=1, default=float))
-    paths['curves'] = plot_curves(res, out/f'{name}_curves.png', title)
+    put(paths['json'], json.dumps(dict(res), indent=1, default=float))
+    paths['curves'] = out/f'{name}_curves.png'; plot_curves(res, paths['curves'], title)
     md = report_markdown(res, title) + f"\n![cost-quality curves]({paths['curves'].name})\n"
-    cf = plot_confusions(res, out/f'{name}_confusion.png', title)
-    if cf: paths['confusion'] = cf; md += f"\n![confusion matrices]({cf.name})\n"
+    if plot_confusions(res, out/f'{name}_confusion.png', title) is not None:
+        paths['confusion'] = out/f'{name}_confusion.png'; md += f"\n![confusion matrices]({paths['confusion'].name})\n"
     put(paths['md'], md)
     return paths
 
@@ -628,14 +889,27 @@ def extra_routers(embedder:Embedder|None=None, workdir=None, k:int=10,
     return out
 
 # %% ../nbs/08_evaluate.ipynb #d07915e7
-def load_eval_data(data:str='default', test:str|None=None, candidates:str|None=None, split:str='grouped', seed:int=0)->tuple:
-    "(train, valid or None, test) for a comparison."
+def _cols(query_col=None, id_col=None, group_col=None, label_col=None, score_cols=None, cost_cols=None, missing='error', duplicates='error', view='full')->dict:
+    "`load_routing_data` options from command-line strings (comma-separated lists; cost columns as target=column pairs)."
+    out = {'missing': missing, 'duplicates': duplicates, 'view': view}
+    for k, v in (('query_col', query_col), ('id_col', id_col), ('group_col', group_col), ('label_col', label_col)):
+        if v: out[k] = v
+    if score_cols: out['score_cols'] = [c.strip() for c in score_cols.split(',') if c.strip()]
+    if cost_cols:
+        pairs = [p.split('=', 1) for p in cost_cols.split(',') if p.strip()]
+        bad = [p for p in pairs if len(p) != 2]
+        if bad: raise ValueError(f"--cost_cols takes target=column pairs, comma-separated (e.g. 'gpt-4o=gpt-4o|total_cost'), not {cost_cols!r}")
+        out['cost_cols'] = {t.strip(): c.strip() for t, c in pairs}
+    return out
+
+def load_eval_data(data:str='default', test:str|None=None, candidates:str|None=None, split:str='grouped', seed:int=0, **cols)->tuple:
+    "(train, valid or None, test) for a comparison; `cols` as `load_routing_data` takes them."
     if data == 'default': d = load_default_dataset()
     elif data == 'llmrouter':
         if test: raise ValueError("--data llmrouter brings its own test split; leave out --test")
         return load_llmrouter('train'), None, load_llmrouter('test')
-    else: d = load_routing_data(data, candidates)
-    if test: return d, None, load_routing_data(test, candidates or d.candidates)
+    else: d = load_routing_data(data, candidates, **cols)
+    if test: return d, None, load_routing_data(test, candidates or d.candidates, **cols)
     return split_data(d, split, seed=seed)
 
 # %% ../nbs/08_evaluate.ipynb #8a7b225c
@@ -649,7 +923,10 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
                  budget:float=0.5, # cost budget to calibrate λ for, as a share of the best single candidate's cost
                  budgets:str='0.12', # more budgets to report, comma-separated shares
                  pair:str=None, # 'weak,strong' target names for PGR/APGR/CPT (default: cheapest, best single)
-                 cal_frac:float=0.2, # share of training held out for calibration when there is no validation split
+                 calibration:str='cv', # cv (out-of-fold scores on the training data), holdout or none
+                 cal_folds:int=5, # folds of the cv calibration
+                 cal_frac:float=0.2, # holdout calibration: share of training held out when there is no validation split
+                 folds:int=None, # k-fold cross-validation on the training data instead of one test split (mean and spread)
                  n_latency:int=100, # queries timed one by one per router
                  out:str='runs/evaluate', # folder for evaluate.json, evaluate.md and the PNGs
                  name:str='evaluate', # file name stem
@@ -659,24 +936,43 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
                  train_extra:bool=False, # train the fine-tuned KNN and the classifier here (slow on CPU)
                  max_train:int=None, # use at most this many training queries (quick runs)
                  max_test:int=None, # use at most this many test queries
+                 query_col:str=None, # name of the query column (default: found by name: query, question, prompt...)
+                 id_col:str=None, # name of the id column
+                 group_col:str=None, # name of the task/group column
+                 label_col:str=None, # name of the tier label column
+                 score_cols:str=None, # comma-separated score columns, one per candidate
+                 cost_cols:str=None, # per-query cost columns as target=column pairs, comma-separated (default: found by name, e.g. '<model>|total_cost')
+                 missing:str='error', # missing scores: error, drop (the rows) or fill:<value>
+                 duplicates:str='error', # duplicate ids: error or first (keep the first row)
+                 view:str='full', # text the routers read: full, last_turn, head_tail or tail (long shared prompt prefixes)
+                 no_baselines:bool=False, # leave out the task-only and length-only baselines
                  seed:int=0,
                 ):
     "Compare routers and baselines: tables (JSON, Markdown) and plots (PNG)."
-    tr, va, te = load_eval_data(data, test, candidates, split, seed)
-    tr, te = _subsample(tr, max_train, seed), _subsample(te, max_test, seed)
+    if calibration not in ('cv', 'holdout', 'none'): raise ValueError(f"--calibration must be cv, holdout or none, not {calibration!r}")
+    cols = _cols(query_col, id_col, group_col, label_col, score_cols, cost_cols, missing, duplicates, view)
+    if folds:
+        if test: raise ValueError("--folds cross-validates --data itself; leave out --test")
+        tr = load_llmrouter('train') if data == 'llmrouter' else load_default_dataset() if data == 'default' else load_routing_data(data, candidates, **cols)
+        va = te = None
+    else: tr, va, te = load_eval_data(data, test, candidates, split, seed, **cols)
+    tr, te = _subsample(tr, max_train, seed), (None if te is None else _subsample(te, max_test, seed))
     bs = (budget,) + tuple(float(b) for b in budgets.split(',') if b.strip()) if budgets else (budget,)
     names = [n.strip() for n in routers.split(',')] if routers else None
     default_routers(names=names) # unknown names fail here, before any work
     emb = None
     if names is None or any(n.split(' ')[0] in ('knn', 'logreg', 'hybrid') for n in names):
         emb = CachedEmbedder(cache_dir=None if cache == 'none' else (cache or cache_root()/'embeddings'))
+    cv_how = 'grouped' if (split == 'grouped' and data != 'llmrouter' and tr.groups is not None) else 'random'
     with tempfile.TemporaryDirectory(prefix='qr-eval-') as work:
         rs = default_routers(emb, work, k, names)
         extra = extra_routers(emb, work, k, finetuned, classifier, train_extra) if names is None or any(n in EXTRA_ROUTERS for n in names) else {}
         rs.update(extra)
-        res = compare(rs, tr, te, va, cal_frac=cal_frac if va is None else 0, budgets=bs, pair=tuple(pair.split(',')) if pair else None,
-                      embedder=emb, n_latency=n_latency, no_calibration=[n for n in extra if (n.startswith('knn-finetuned') and not finetuned) or (n.startswith('classifier') and not classifier)], seed=seed)
-    title = f"{'LLMRouter outcomes' if data == 'llmrouter' else Path(data).name if data != 'default' else 'default dataset'}"
+        res = compare(rs, tr, te, va, cal_frac=cal_frac, budgets=bs, pair=tuple(pair.split(',')) if pair else None,
+                      embedder=emb, n_latency=n_latency, no_calibration=[n for n in extra if (n.startswith('knn-finetuned') and not finetuned) or (n.startswith('classifier') and not classifier)],
+                      seed=seed, calibration=None if calibration == 'none' else calibration, cal_folds=cal_folds, cv_how=cv_how,
+                      baselines=not no_baselines, folds=folds)
+    title = f"{'LLMRouter outcomes' if data == 'llmrouter' else Path(data).name if data != 'default' else 'default dataset'}" + (f' ({folds}-fold cross-validation)' if folds else '')
     paths = write_report(res, out, name, title)
     print(report_markdown(res, title))
     print('wrote ' + ', '.join(str(p) for p in paths.values()))
@@ -694,26 +990,33 @@ def calibrate_artifact(artifacts, # artifact folder
                        data:RoutingData, # calibration queries (not used to build the router)
                        policy:str='utility', max_cost:float|None=None, min_quality:float|None=None,
                        budget:float|None=None, # or a budget as a share of the best single candidate's cost
-                       allow_overlap:bool=False, router=None, **kw)->dict:
+                       allow_overlap:bool=False, router=None,
+                       aim:str='spend', # for a budget: 'spend' (the largest spend not above it) or 'quality' (the best quality within it)
+                       **kw)->dict:
     "Calibrate the policy of the router in `artifacts` on `data` and save it as the artifact's default."
     from query_router.serve import load_router
     r = router or load_router(artifacts, **kw)
     if r.costs is None: raise ValueError(f"{artifacts}: the router's targets have no costs; rebuild it with --candidates")
+    if len(data) == 0: raise ValueError(f"{data.source}: no calibration queries")
     ov = _overlap(r, data)
     if ov and not allow_overlap: raise ValueError(f"{ov} of the {len(data)} calibration queries are in the router's index: it would route them perfectly. Calibrate on held-out queries (or pass --allow_overlap)")
     if data.kind == 'tiers': # the router's own tier order says which routes answer
         unknown = sorted(set(data.labels) - set(r.targets))
         if unknown: raise ValueError(f"{data.source}: labels {unknown} are not targets of the router ({r.targets})")
         O = outcome_matrix(replace(data, targets=list(r.targets)))
+        M = np.asarray(r.costs, dtype=float)
     else:
         miss = [t for t in r.targets if t not in data.targets]
         if miss: raise ValueError(f"{data.source}: no outcomes for the router's targets {miss}")
-        O = outcome_matrix(data)[:, [data.targets.index(t) for t in r.targets]]
+        cols = [data.targets.index(t) for t in r.targets]
+        O = outcome_matrix(data)[:, cols]
+        M = data.cost_matrix()[:, cols] if data.has_query_costs else np.asarray(r.costs, dtype=float) # per-query costs, when the data has them
     if budget is not None:
         if max_cost is not None: raise ValueError("give --budget or --max_cost, not both")
-        max_cost = budget * r.costs[best_single(O, r.costs)]
-    cal = calibrate(r.score_batch(data.queries), O, r.costs, policy, max_cost, min_quality)
-    info = {'data': data.source, 'overlap': ov, **({'budget_share': budget} if budget is not None else {})}
+        max_cost = budget * mean_costs(M)[best_single(O, r.costs)]
+    cal = calibrate(r.score_batch(data.queries), O, M, policy, max_cost, min_quality, aim=aim, policy_costs=r.costs)
+    info = {'data': data.source, 'overlap': ov, 'cost_unit': data.cost_unit if data.has_query_costs else '$/Mtok',
+            **({'budget_share': budget} if budget is not None else {})}
     cal['settings'] = save_calibration(artifacts, cal, info)
     return cal
 
@@ -727,14 +1030,16 @@ def calibrate_cli(artifacts:str='artifacts/default', # artifact folder to calibr
                   budget:float=None, # budget as a share of the best single candidate's cost, e.g. 0.5
                   max_cost:float=None, # or an absolute budget: mean cost per query
                   min_quality:float=None, # or a quality floor
+                  aim:str='spend', # for a budget: spend (the largest spend not above it) or quality (the best quality within it)
                   allow_overlap:bool=False, # allow calibration queries the router was built from
+                  query_col:str=None, id_col:str=None, group_col:str=None, label_col:str=None, # column names, when not found by name
+                  missing:str='error', # missing scores: error, drop or fill:<value>
+                  duplicates:str='error', # duplicate ids: error or first
                   seed:int=0,
                  ):
     "Pick the policy parameter that meets a budget or a quality floor; save it as the artifact's default."
-    d = load_default_dataset() if data is None else load_routing_data(data, candidates)
-    parts = dict(zip(('train', 'valid', 'test'), split_data(d, how, seed=seed))) if split != 'all' else {'all': d}
-    if split not in parts: raise ValueError(f"split must be train, valid, test or all, not {split!r}")
-    cal = calibrate_artifact(artifacts, parts[split], policy, max_cost, min_quality, budget, allow_overlap)
+    d = load_default_dataset() if data is None else load_routing_data(data, candidates, **_cols(query_col, id_col, group_col, label_col, missing=missing, duplicates=duplicates))
+    cal = calibrate_artifact(artifacts, split_part(d, split, how, seed), policy, max_cost, min_quality, budget, allow_overlap, aim=aim)
     c = cal['calibration']
-    print(f"{artifacts}: {cal['policy']} param={cal['param']:.4g} on {c['n']} queries: quality {c['quality']:.4f}, cost {c['cost']:.4g} per query; saved as the default policy")
+    print(f"{artifacts}: {cal['policy']} param={cal['param']:.4g} on {c['n']} queries ({split} part): quality {c['quality']:.4f}, cost {c['cost']:.4g} per query; saved as the default policy")
     return cal
