@@ -41,7 +41,9 @@ def fit_logistic(X, # (n, features), dense or scipy sparse
                  C:float=1.0, # inverse L2 strength, as in scikit-learn
                  softmax:bool=False, # one multinomial model instead of one sigmoid per target
                  sample_weight=None, # weight of each row
-                 max_iter:int=200, tol:float=1e-5)->tuple[np.ndarray, np.ndarray]:
+                 max_iter:int=200, tol:float=1e-5,
+                 init:tuple|None=None, # (W, b) to start from (a warm start: a model fitted on similar data converges in a few steps)
+                )->tuple[np.ndarray, np.ndarray]:
     "Weights (features, targets) and biases (targets,) of a multi-output logistic regression, fitted in one L-BFGS run."
     from scipy.optimize import minimize
     n, d = X.shape; Y = np.asarray(Y, dtype=np.float64); T = Y.shape[1]
@@ -58,7 +60,8 @@ def fit_logistic(X, # (n, features), dense or scipy sparse
         R = (P - Y) * sw[:, None]
         gW = np.asarray(X.T @ R) + W / (C * n)
         return float(per @ sw) + 0.5 / (C * n) * float((W * W).sum()), np.r_[gW.ravel(), R.sum(0)]
-    r = minimize(f, np.zeros(d * T + T), jac=True, method='L-BFGS-B', options={'maxiter': max_iter, 'gtol': tol})
+    x0 = np.zeros(d * T + T) if init is None else np.r_[np.asarray(init[0], dtype=float).ravel(), np.asarray(init[1], dtype=float)]
+    r = minimize(f, x0, jac=True, method='L-BFGS-B', options={'maxiter': max_iter, 'gtol': tol})
     return r.x[:d * T].reshape(d, T).astype(np.float32), r.x[d * T:].astype(np.float32)
 
 def predict_logistic(X, W:np.ndarray, b:np.ndarray, softmax:bool=False)->np.ndarray:
@@ -317,9 +320,10 @@ class HybridRouter(FittedRouter):
     def _uses_embedder(self): return True
     def settings(self): return {'k': self.k, 'C_embedding': self.C_embedding, 'C_tfidf': self.C_tfidf, 'max_features': self.max_features,
                                 'combine': self.combine, 'folds': self.folds, 'C_stack': self.C_stack}
-    def _members(self, E, T, Y, softmax):
-        "Fitted member models (the KNN member keeps its points)."
-        return {'knn': (E, Y), 'embedding': fit_logistic(E, Y, self.C_embedding, softmax), 'tfidf': fit_logistic(T, Y, self.C_tfidf, softmax)}
+    def _members(self, E, T, Y, softmax, init=None):
+        "Fitted member models (the KNN member keeps its points); `init`: members to warm-start the regressions from."
+        return {'knn': (E, Y), 'embedding': fit_logistic(E, Y, self.C_embedding, softmax, init=init and init['embedding']),
+                'tfidf': fit_logistic(T, Y, self.C_tfidf, softmax, init=init and init['tfidf'])}
     def _member_scores(self, m, E, T, exclude=None)->list:
         return [knn_vote(*m['knn'], E, self.k, exclude), predict_logistic(E, *m['embedding'], self.softmax), predict_logistic(T, *m['tfidf'], self.softmax)]
     def _combine(self, parts:list)->np.ndarray:
@@ -343,6 +347,7 @@ class HybridRouter(FittedRouter):
         E = np.asarray(self.embedder.encode(data.queries), dtype=np.float32)
         self.tfidf = TfidfFeatures(max_features=self.max_features).fit(data.queries)
         T = self.tfidf.transform(data.queries)
+        self.members = self._members(E, T, Y, self.softmax)
         if self.combine == 'stack':
             n = len(Y)
             if n < 2 * self.folds: raise ValueError(f"stacking with {self.folds} folds needs at least {2 * self.folds} training queries, not {n}")
@@ -350,9 +355,9 @@ class HybridRouter(FittedRouter):
             parts = [np.zeros_like(Y) for _ in range(3)]
             for f in range(self.folds):
                 tr, va = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-                for P, p in zip(parts, self._member_scores(self._members(E[tr], T[tr], Y[tr], self.softmax), E[va], T[va])): P[va] = p
+                fold_members = self._members(E[tr], T[tr], Y[tr], self.softmax, init=self.members) # warm-started from the full fit: a few steps each
+                for P, p in zip(parts, self._member_scores(fold_members, E[va], T[va])): P[va] = p
             self.stacker = self._fit_stacker(parts, Y)
-        self.members = self._members(E, T, Y, self.softmax)
         self.fitted, self.fit_s = True, time.perf_counter() - t
         return self
     def score_batch(self, queries:list[str])->np.ndarray:
