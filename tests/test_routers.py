@@ -89,3 +89,18 @@ def test_cli_build_kinds(tmp_path, outcome_data):
     assert main(['build', '--router', 'length', '--data', str(f), '--candidates', str(cands), '--out', str(tmp_path/'len')]) == 0
     assert (tmp_path/'len'/'manifest.json').exists()
     assert main(['build', '--router', 'length', '--data', str(f), '--out', str(tmp_path/'x'), '--dim', '4']) == 1 # an mf option
+
+def test_outcome_classifier_loss_falls_and_serves(tmp_path, outcome_data):
+    "The classification router on per-candidate outcomes: one logit per candidate, BCE; the loss falls and the artifact loads by kind."
+    from query_router.classifier import train_classifier, tiny_causal_lm
+    from query_router.artifacts import load_manifest, load_router
+    d = outcome_data.subset(range(48))
+    lm = tiny_causal_lm(tmp_path/'lm', d.queries)
+    p = train_classifier(tmp_path/'clf', d, valid=d.subset(range(8)), model=str(lm), epochs=8, lr=3e-3, logging_steps=1, progress=False)
+    m = load_manifest(p, verify=True)
+    assert m['settings']['objective'] == 'outcomes' and 'quality_argmax' in m['valid']
+    losses = [h['loss'] for h in m['training']['loss_history']]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    r = load_router(p)
+    s = r.score_batch(d.queries[:4])
+    assert s.shape == (4, len(d.targets)) and not np.allclose(s.sum(1), 1) # independent sigmoids, one per candidate
