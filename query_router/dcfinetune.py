@@ -95,7 +95,7 @@ def dc_finetune(data:RoutingData, # outcome data (a score per query and candidat
         l1, l2 = sample_llm_loss(q, Kn, St[idx], top, bottom, tau), sample_sample_loss(q, clusters[idx], tau)
         loss = l1 + lam * l2
         opt.zero_grad(); loss.backward(); opt.step()
-        hist.append({'step': step + 1, 'loss': round(float(loss), 5), 'sample_llm': round(float(l1), 5), 'sample_sample': round(float(l2), 5)})
+        hist.append({'step': step + 1, 'loss': round(float(loss.detach()), 5), 'sample_llm': round(float(l1.detach()), 5), 'sample_sample': round(float(l2.detach()), 5)})
     st.eval()
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     st.save(str(out))

@@ -104,3 +104,17 @@ def test_outcome_classifier_loss_falls_and_serves(tmp_path, outcome_data):
     r = load_router(p)
     s = r.score_batch(d.queries[:4])
     assert s.shape == (4, len(d.targets)) and not np.allclose(s.sum(1), 1) # independent sigmoids, one per candidate
+
+def test_dual_contrastive_losses():
+    "RouterDC's two terms: lower when the good candidate / same-cluster queries are close; no pairs, no loss."
+    import torch
+    from query_router.dcfinetune import sample_llm_loss, sample_sample_loss
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    K = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1)
+    S = torch.tensor([[1., 0, 0, 0]] * 6)
+    K2 = torch.nn.functional.normalize(K + 3 * torch.cat([q.mean(0, keepdim=True), torch.zeros(3, 8)]), dim=1)
+    assert sample_llm_loss(q, K2, S, top=1, bottom=3) < sample_llm_loss(q, K, S, top=1, bottom=3)
+    assert float(sample_llm_loss(q, K, torch.ones(6, 4))) == 0.0
+    c = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert sample_sample_loss(torch.nn.functional.normalize(q + 5 * torch.nn.functional.one_hot(c, 8).float(), dim=1), c) < sample_sample_loss(q, c)
