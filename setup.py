@@ -17,6 +17,10 @@ py_versions = '3.10 3.11 3.12'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+# Extras by job (`extra_<name> = ...` in settings.ini): the core serves a KNN router; `all` is every extra.
+extras = {k[len('extra_'):]: shlex.split(v) for k, v in cfg.items() if k.startswith('extra_')}
+extras['all'] = sorted({r for v in extras.values() for r in v})
+extras['dev'] = dev_requirements + sorted({r for k, v in extras.items() if k not in ('all', 'notebooks') for r in v})
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 
@@ -31,8 +35,9 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
+    package_data={cfg['lib_path']: ['data/*.csv', 'data/*.json', 'data/*.md']}, # the default dataset (query_router/data links to ../data)
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require=extras,
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -9,9 +9,9 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PROJECT_ROOT', 'Candidate', 'parse_size', 'cost_order', 'tier_order', 'parse_candidates', 'load_candidates',
-           'data_dir', 'default_dataset_path', 'default_candidates_path', 'shared_data_dir', 'has_shared_data',
-           'in_test']
+__all__ = ['PACKAGE_DIR', 'PROJECT_ROOT', 'Candidate', 'parse_size', 'cost_order', 'tier_order', 'parse_candidates',
+           'load_candidates', 'data_dir', 'default_dataset_path', 'default_candidates_path', 'shared_data_dir',
+           'has_shared_data', 'in_test']
 
 # %% ../nbs/00_core.ipynb #4f2d1e0c
 @dataclass(frozen=True)
@@ -84,11 +84,12 @@ def load_candidates(path # a candidates JSON file
     return parse_candidates(obj, str(path))
 
 # %% ../nbs/00_core.ipynb #69f6187f
-PROJECT_ROOT = Path(__file__).resolve().parent.parent if '__file__' in globals() else Path.cwd().parent
+PACKAGE_DIR = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent/'query_router'
+PROJECT_ROOT = PACKAGE_DIR.parent
 
 def data_dir()->Path:
-    "The folder holding the embedded default dataset and its candidates file."
-    return Path(os.environ.get('QUERY_ROUTER_DATA', PROJECT_ROOT/'data'))
+    "The folder holding the embedded default dataset and its candidates file (inside the package, so a wheel has it)."
+    return Path(os.environ.get('QUERY_ROUTER_DATA', PACKAGE_DIR/'data'))
 
 def default_dataset_path()->Path: return data_dir()/'routing_dataset.csv'
 def default_candidates_path()->Path: return data_dir()/'candidates.json'

@@ -13,8 +13,8 @@ from .core import *
 # %% auto #0
 __all__ = ['SCORE_PREFIX', 'COST_PREFIX', 'QUERY_COLS', 'LABEL_COLS', 'GROUP_COLS', 'ID_COLS', 'COST_PATTERNS', 'RoutingData',
            'read_hub', 'read_table', 'normalise', 'load_routing_data', 'load_default_dataset', 'load_llmrouter',
-           'derive_labels', 'split_data', 'split_part', 'kfold', 'last_turn', 'head_tail', 'text_view',
-           'duplicate_embedding_share', 'warn_duplicate_embeddings']
+           'column_options', 'derive_labels', 'split_data', 'split_part', 'kfold', 'last_turn', 'head_tail',
+           'text_view', 'duplicate_embedding_share', 'warn_duplicate_embeddings']
 
 # %% ../nbs/01_data.ipynb #cd132858
 SCORE_PREFIX = 'score:'
@@ -333,6 +333,20 @@ def load_llmrouter(split:str='train')->RoutingData:
     d = shared_data_dir()
     if not (d/f'{split}.jsonl').exists(): raise FileNotFoundError(f"LLMRouter data not found at {d} (set QUERY_ROUTER_SHARED)")
     return load_routing_data(d/f'{split}.jsonl', d/'models.json')
+
+# %% ../nbs/01_data.ipynb #c01a1113
+def column_options(query_col=None, id_col=None, group_col=None, label_col=None, score_cols=None, cost_cols=None, missing='error', duplicates='error', view='full')->dict:
+    "`load_routing_data` options from command-line strings (comma-separated lists; cost columns as target=column pairs): what `evaluate`, `calibrate` and `build` accept as `--query_col`, `--id_col`, `--group_col`, `--label_col`, `--score_cols`, `--cost_cols`, `--missing`, `--duplicates`, `--view`."
+    out = {'missing': missing, 'duplicates': duplicates, 'view': view}
+    for k, v in (('query_col', query_col), ('id_col', id_col), ('group_col', group_col), ('label_col', label_col)):
+        if v: out[k] = v
+    if score_cols: out['score_cols'] = [c.strip() for c in score_cols.split(',') if c.strip()]
+    if cost_cols:
+        pairs = [p.split('=', 1) for p in cost_cols.split(',') if p.strip()]
+        bad = [p for p in pairs if len(p) != 2]
+        if bad: raise ValueError(f"--cost_cols takes target=column pairs, comma-separated (e.g. 'gpt-4o=gpt-4o|total_cost'), not {cost_cols!r}")
+        out['cost_cols'] = {t.strip(): c.strip() for t, c in pairs}
+    return out
 
 # %% ../nbs/01_data.ipynb #75db8091
 def derive_labels(data:RoutingData,

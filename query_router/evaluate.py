@@ -726,11 +726,12 @@ def report_markdown(res:dict, title:str='Router comparison')->str:
     rr = [r for r in rows if not r.get('baseline')]
     c = m.get('calibration')
     if c:
-        out += ['', f"Calibrated points: λ of the utility policy chosen **on training data only**, from {c['on']}, aimed at {c.get('aim', 'the budget')} "
+        on = c.get('on') or f"{c['n']} held-out training queries (routers trained on {c['fit_on']})" # results written before the out-of-fold calibration have no 'on'
+        out += ['', f"Calibrated points: λ of the utility policy chosen **on training data only**, from {on}, aimed at {c.get('aim', 'the best quality within the budget')} "
                 f"of {c['budget']:.0%} of {ref}'s cost; the routers were then trained on all {c['refit_on']} training queries and applied to the test split with that λ. "
                 "`budget` is the share asked, `spent (train)` what λ spent on the calibration scores, `spent (test)` the share actually spent on the test split, "
                 "both relative to the best single candidate's cost:", '',
-                markdown_table([r for r in rr if r.get('cal_param') is not None or r.get('calibration_error')], _CAL_COLS,
+                markdown_table([{**r, 'cal_train_cost_rel': r.get('cal_train_cost_rel', r.get('cal_valid_cost_rel'))} for r in rr if r.get('cal_param') is not None or r.get('calibration_error')], _CAL_COLS,
                                ['router', 'λ', 'budget', 'spent (train)', 'spent (test)', 'quality (test)'])]
     vs = m.get('vs_baselines')
     if vs and m.get('simple_baselines'):
@@ -889,18 +890,7 @@ def extra_routers(embedder:Embedder|None=None, workdir=None, k:int=10,
     return out
 
 # %% ../nbs/08_evaluate.ipynb #d07915e7
-def _cols(query_col=None, id_col=None, group_col=None, label_col=None, score_cols=None, cost_cols=None, missing='error', duplicates='error', view='full')->dict:
-    "`load_routing_data` options from command-line strings (comma-separated lists; cost columns as target=column pairs)."
-    out = {'missing': missing, 'duplicates': duplicates, 'view': view}
-    for k, v in (('query_col', query_col), ('id_col', id_col), ('group_col', group_col), ('label_col', label_col)):
-        if v: out[k] = v
-    if score_cols: out['score_cols'] = [c.strip() for c in score_cols.split(',') if c.strip()]
-    if cost_cols:
-        pairs = [p.split('=', 1) for p in cost_cols.split(',') if p.strip()]
-        bad = [p for p in pairs if len(p) != 2]
-        if bad: raise ValueError(f"--cost_cols takes target=column pairs, comma-separated (e.g. 'gpt-4o=gpt-4o|total_cost'), not {cost_cols!r}")
-        out['cost_cols'] = {t.strip(): c.strip() for t, c in pairs}
-    return out
+_cols = column_options # the command-line column options, shared with `build`
 
 def load_eval_data(data:str='default', test:str|None=None, candidates:str|None=None, split:str='grouped', seed:int=0, **cols)->tuple:
     "(train, valid or None, test) for a comparison; `cols` as `load_routing_data` takes them."
@@ -956,6 +946,7 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
         tr = load_llmrouter('train') if data == 'llmrouter' else load_default_dataset() if data == 'default' else load_routing_data(data, candidates, **cols)
         va = te = None
     else: tr, va, te = load_eval_data(data, test, candidates, split, seed, **cols)
+    if va is not None and calibration != 'holdout': tr, va = concat_data(tr, va), None # out-of-fold calibration uses all training data, so --max_train caps it all
     tr, te = _subsample(tr, max_train, seed), (None if te is None else _subsample(te, max_test, seed))
     bs = (budget,) + tuple(float(b) for b in budgets.split(',') if b.strip()) if budgets else (budget,)
     names = [n.strip() for n in routers.split(',')] if routers else None
