@@ -1,133 +1,180 @@
-"""The measured comparison of routers, on the default dataset (grouped split) and on the LLMRouter outcomes
-(train on its train split, calibrate on a held-out fifth of it, report on its test split).
+"""The measured comparison of routers, every one built through the build path (`query_router.build.make_router`: the code
+`query-router build --router KIND` runs), saved as an artifact and loaded back the way `serve` loads it.
 
-Writes bench/results/compare.json and compare.md (both datasets, plus the LLMRouter bar check) and PNGs
-(compare_<dataset>_curves.png, compare_default_confusion.png; per-dataset JSON/Markdown beside them).
+- LLMRouter outcomes (../shared/data/llmrouter): fit on train, calibrate λ on train only (out-of-fold scores), report on test;
+  then k-fold cross-validation on train.jsonl with the same protocol (no choice tuned on the test split).
+- the default tier dataset (grouped split): accuracy and cost as before.
 
-    python bench/compare.py                      # both datasets, every router whose module exists
-    python bench/compare.py --only llmrouter     # one dataset
-    python bench/compare.py --no-extra           # without the fine-tuned KNN and the classifier (slow to train on CPU)
-    python bench/compare.py --finetuned-default DIR   # a fine-tuned embedder already trained on that dataset's training split
-    python bench/compare.py --extra-max-train 2000   # train the extras here on at most 2,000 training queries (CPU budget)
+Writes bench/results/compare.json, compare.md, and per dataset compare_<dataset>.json/.md/_curves.png.
+
+    python bench/compare.py                          # both datasets, the standard line-up
+    python bench/compare.py --only llmrouter --folds 5
+    python bench/compare.py --routers hybrid,mf,logreg --folds 0
+    python bench/compare.py --render                 # rewrite the Markdown from compare.json
 """
-import argparse, json, os, platform, sys, tempfile, time
+import argparse, json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
+for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(v, '1') # one thread: on a shared machine more only contend
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 from query_router.core import has_shared_data, shared_data_dir
-from query_router.evaluate import (CachedEmbedder, cache_root, compare, default_routers, extra_routers, load_eval_data,
-                                   report_markdown, write_report, upper_hull, markdown_table)
+from query_router.evaluate import (CachedEmbedder, cache_root, compare, load_eval_data, report_markdown, write_report, upper_hull,
+                                   markdown_table, folder_bytes, latencies)
+from query_router.build import make_router
+from query_router.artifacts import load_router
 
 RESULTS = ROOT/'bench'/'results'
 
-def bar_check(res:dict)->dict:
-    "The issue's bar on LLMRouter test: 0.59 at <= 50% of the best single model's cost, and 0.535 at <= 12%."
-    rows = [r for r in res['rows'] if not r.get('baseline') and not r.get('error')]
-    best = max(rows, key=lambda r: r.get('q@50%') or 0)
-    ref = next(r for r in res['rows'] if r['router'].endswith('(best single)'))
+# name -> (kind for `query-router build --router`, its options)
+LINEUP = {
+    'knn (k=10)': ('knn', {'k': 10}),
+    'knn (k=30)': ('knn', {'k': 30}),
+    'logreg': ('linear', {'features': 'embedding', 'C': 1.0}),
+    'tfidf': ('tfidf', {'C': 3.0}),
+        'hybrid': ('hybrid', {'k': 30, 'combine': 'stack', 'folds': 3}),
+    'mf': ('mf', {'dim': 64, 'epochs': 400}),
+}
+
+def factories(names, emb):
+    return {n: (lambda kind, opts: (lambda d: make_router(kind, emb, **opts).fit(d)))(*LINEUP[n]) for n in names}
+
+def through_artifacts(res, names, test, emb, work, n_latency):
+    "Save each fitted router as an artifact, load it back as `serve` does, and measure: size on disk, load time, p50 per query, same scores."
+    out, loaded = {}, {}
+    for n in names:
+        r = res.routers.get(n)
+        if r is None: continue
+        p = Path(work)/n.replace(' ', '_').replace('(', '').replace(')', '').replace('=', '')
+        t = time.perf_counter(); r.save(p); save_s = time.perf_counter() - t
+        t = time.perf_counter(); lr = load_router(p, embedder=emb); load_s = time.perf_counter() - t
+        m = json.loads((p/'manifest.json').read_text())
+        diff = float(np.abs(lr.score_batch(test.queries[:200]) - r.score_batch(test.queries[:200])).max())
+        out[n] = {'kind': m['kind'], 'artifact_mb': folder_bytes(p) / 2**20, 'files': len(m['files']), 'save_s': save_s, 'load_s': load_s,
+                  'max_score_diff_vs_fitted': diff, 'fit_s': next((row['fit_s'] for row in res['rows'] if row['router'] == n), None)}
+        loaded[n] = lr
+    lat = latencies(loaded, test.queries, n_latency) if n_latency else {}
+    for n, v in lat.items(): out[n].update(p50_ms=v['p50_ms'], p99_ms=v['p99_ms'])
+    return out
+
+def bar_check(res:dict, cv:dict|None=None)->dict:
+    "The issue's bars on LLMRouter test."
+    rows = [r for r in res['rows'] if not r.get('baseline') and not r.get('simple_baseline') and not r.get('error')]
     rc = next(t['cost'] for t in res['meta']['targets'] if t['name'] == res['meta']['reference'])
-    cv = res['curves']['oracle']
-    hx, hy = upper_hull(np.array(cv['cost']) / rc, cv['quality'])
     def at(name, b):
         c = res['curves'][name]; x = np.array(c['cost']) / rc; q = np.array(c['quality'])
         ok = x <= b + 1e-12
         return (float(q[ok].max()), float(x[ok][q[ok].argmax()])) if ok.any() else (None, None)
-    q50, c50 = at(best['router'], 0.5); q12, c12 = at(best['router'], 0.12)
-    return {'reference': res['meta']['reference'], 'reference_quality': ref['quality'], 'oracle_quality': next(r['quality'] for r in res['rows'] if r['router'] == 'oracle'),
-            'best_router': best['router'], 'q_at_50pct': q50, 'cost_rel_of_that_point': c50, 'meets_0.59_at_50pct': bool(q50 is not None and q50 >= 0.59),
-            'q_at_12pct': q12, 'meets_0.535_at_12pct': bool(q12 is not None and q12 >= 0.535),
-            'cost_rel_for_0.535': best.get('cost_rel@95%best'), 'calibrated_lambda': best.get('cal_param'),
-            'calibrated_test_quality': best.get('cal_quality'), 'calibrated_test_cost_rel': best.get('cal_cost_rel'),
-            'oracle_hull_at_12pct': float(np.interp(0.12, hx, hy)) if 0.12 >= hx[0] else None,
-            'note': 'q_at_x is the best point of the utility curve (λ swept on the test split) within the budget; the calibrated λ was chosen on held-out training queries. '
-                    'oracle_hull_at_12pct is the most any router can reach at 12% of the cost (the oracle\'s convex hull, randomised mixtures allowed).'}
-
-def provenance(path, what):
-    "Where a model given on the command line came from, from the metrics its trainer saved beside it."
-    if not path: return None
-    mf = Path(path)/'finetune_metrics.json'
-    if mf.exists():
-        m = json.loads(mf.read_text())
-        return (f"fine-tuned by `query-router finetune` on {m['n_train']} training queries of {Path(m['data']).name} (labels {m['labels']}, {m['epochs']} epochs, "
-                f"loss {m['loss']}, {m['train_s']:.0f} s of training, not counted in fit_s, which is the KNN build with its embeddings)")
-    mf = Path(path)/'manifest.json'
-    if mf.exists():
-        m = json.loads(mf.read_text())
-        return f"{what} artifact trained on {m.get('training', {}).get('n_train')} queries of {m.get('source', {}).get('data')}"
-    return str(path)
+    simple = {r['router']: r for r in res['rows'] if r.get('simple_baseline')}
+    out = {'reference': res['meta']['reference'], 'pair': res['meta']['pair'], 'routers': {}}
+    for r in rows:
+        q50, c50 = at(r['router'], 0.5)
+        out['routers'][r['router']] = {
+            'q_at_50pct_sweep': q50, 'cost_rel_of_that_point': c50, 'calibrated_quality': r.get('cal_quality'), 'calibrated_cost_rel': r.get('cal_cost_rel'),
+            'apgr': r.get('apgr'), 'aiq': r.get('aiq'),
+            'meets_0.600_at_50pct_calibrated': bool(r.get('cal_quality') is not None and r['cal_quality'] >= 0.600 and r['cal_cost_rel'] <= 0.5 + 1e-9),
+            'meets_0.600_at_50pct_sweep': bool(q50 is not None and q50 >= 0.600),
+            'meets_apgr_0.90': bool((r.get('apgr') or 0) >= 0.90), 'meets_aiq_0.60': bool((r.get('aiq') or 0) >= 0.60),
+            **{f'aiq_above_{k}': bool((r.get('aiq') or 0) > (v.get('aiq') or 1)) for k, v in simple.items()}}
+    best = max(rows, key=lambda r: r.get('aiq') or 0)['router']
+    out['best_by_aiq'] = best
+    out['simple_baselines_aiq'] = {k: v.get('aiq') for k, v in simple.items()}
+    if cv: out['cv'] = {r['router']: {k: r.get(k) for k in ('aiq', 'aiq_sd', 'apgr', 'apgr_sd', 'q@50%', 'q@50%_sd', 'cal_quality', 'cal_quality_sd', 'cal_cost_rel', 'cal_cost_rel_sd', 'cal_spent_share')}
+                        for r in cv['rows'] if not r.get('baseline') or r.get('simple_baseline')}
+    out['note'] = ('q_at_50pct_sweep is the best point of the utility curve (λ swept on the test split) within the budget, an upper bound; the calibrated point uses the λ '
+                   'chosen on training data only (out-of-fold scores), the honest figure.')
+    return out
 
 def run(dataset, args, emb, work):
     tr, va, te = load_eval_data(dataset)
-    rs = default_routers(emb, work, 10)
-    ft, clf = getattr(args, f'finetuned_{dataset}'), getattr(args, f'classifier_{dataset}')
-    extra = {} if args.no_extra else extra_routers(emb, work, 10, ft, clf, train=True, epochs=1, max_train=args.extra_max_train)
-    rs.update(extra)
-    slow = [n for n in extra if (n.startswith('knn-finetuned') and not ft) or (n.startswith('classifier') and not clf)]
+    names = [n for n in (args.routers.split(',') if args.routers else LINEUP)]
+    unknown = [n for n in names if n not in LINEUP]
+    if unknown: raise SystemExit(f'unknown routers {unknown}; choose from {list(LINEUP)}')
     t = time.time()
-    res = compare(rs, tr, te, va, cal_frac=0.2 if va is None else 0, budgets=(0.5, 0.12), embedder=emb, n_latency=args.n_latency, no_calibration=slow)
+    res = compare(factories(names, emb), tr, te, va, budgets=(0.5, 0.12), embedder=emb, n_latency=args.n_latency, calibration='cv', cal_folds=args.cal_folds, progress=False)
     res['meta']['wall_s'] = round(time.time() - t, 1)
-    res['meta']['not_calibrated'] = slow
-    res['meta']['extras'] = {'finetuned': provenance(ft, 'embedder') or (f'trained here, 1 epoch, on at most {args.extra_max_train} training queries' if not args.no_extra else None),
-                             'classifier': provenance(clf, 'classifier') or (f'trained here (minilm base, LoRA), 1 epoch, on at most {args.extra_max_train} training queries' if not args.no_extra else None)}
-    return res
+    res['meta']['lineup'] = {n: {'kind': LINEUP[n][0], 'options': LINEUP[n][1]} for n in names}
+    res['artifacts'] = through_artifacts(res, names, te, emb, work, args.n_latency)
+    cv = None
+    if args.folds and dataset == 'llmrouter':
+        cv_names = [n for n in (args.cv_routers.split(',') if args.cv_routers else names) if n in LINEUP]
+        t = time.time()
+        cv = compare(factories(cv_names, emb), tr, None, va, budgets=(0.5, 0.12), embedder=emb, n_latency=0, calibration='cv',
+                     cal_folds=args.cal_folds, folds=args.folds, progress=True)
+        cv['meta']['wall_s'] = round(time.time() - t, 1)
+    return res, cv
+
+TITLES = {'default': 'Default dataset (grouped split: train / valid / test)', 'llmrouter': 'LLMRouter outcomes (train → test)', 'llmrouter_cv': 'LLMRouter train.jsonl, k-fold cross-validation'}
+
+def artifacts_table(a:dict)->str:
+    rows = [{'router': n, **v} for n, v in a.items()]
+    return markdown_table(rows, ['router', 'kind', 'fit_s', 'artifact_mb', 'files', 'load_s', 'p50_ms', 'p99_ms', 'max_score_diff_vs_fitted'])
+
+def render(out):
+    md = ['# Router comparison (measured)', '', f"Command: `{out['command']}`. Machine: {out['machine']['cpus']} CPUs, shared "
+          f"(load average {out['machine']['loadavg_start']:.1f} at the start, {out['machine'].get('loadavg_end', float('nan')):.1f} at the end): timings are comparable within a table, not across machines.", '']
+    for d in ('default', 'llmrouter', 'llmrouter_cv'):
+        if d not in out: continue
+        write_report(out[d], RESULTS, f'compare_{d}', TITLES[d])
+        md += [report_markdown(out[d], TITLES[d]), f'![cost-quality curves](compare_{d}_curves.png)', '']
+        if out[d].get('artifacts'):
+            md += ['Through the build path: each fitted router saved as an artifact (`save`, the last step of `query-router build`), loaded back with `load_router` '
+                   '(as `serve` does) and timed one query at a time in process (embedding included); `max_score_diff_vs_fitted` checks that the artifact serves what was fitted (exactly, for every kind but `knn`, whose artifact searches the approximate Annoy index while the in-memory fit searches exactly: Annoy returned other neighbours for 22% of these test queries; a `--index exact` artifact matches the fit to 2e-7).', '',
+                   artifacts_table(out[d]['artifacts']), '']
+    if 'bar' in out:
+        b = out['bar']
+        rows = [{'router': n, **v} for n, v in b['routers'].items()]
+        cols = ['router', 'q_at_50pct_sweep', 'calibrated_quality', 'calibrated_cost_rel', 'apgr', 'aiq', 'meets_0.600_at_50pct_calibrated', 'meets_0.600_at_50pct_sweep', 'meets_apgr_0.90', 'meets_aiq_0.60'] + \
+               [k for k in next(iter(b['routers'].values())) if k.startswith('aiq_above_')]
+        md += ['## The bars (LLMRouter test)', '', f"Best router by AIQ: **{b['best_by_aiq']}**; simple baselines' AIQ: {b['simple_baselines_aiq']}.", '', markdown_table(rows, cols), '', b['note'], '']
+    (RESULTS/'compare.md').write_text('\n'.join(md))
+    print('\n'.join(md))
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--only', choices=['default', 'llmrouter'])
-    p.add_argument('--no-extra', action='store_true', help='leave out the fine-tuned KNN and the classifier')
-    for d in ('default', 'llmrouter'):
-        p.add_argument(f'--finetuned-{d}', help=f'fine-tuned embedder folder trained on the {d} training split (no test queries)')
-        p.add_argument(f'--classifier-{d}', help=f'classifier artifact trained on the {d} training split (no test queries)')
-    p.add_argument('--extra-max-train', type=int, default=None, help='train the fine-tuned embedder and the classifier on at most this many queries')
-    p.add_argument('--n-latency', type=int, default=200)
-    p.add_argument('--render', action='store_true', help='only rewrite the Markdown and PNGs from bench/results/compare.json')
+    p.add_argument('--part', choices=['default', 'llmrouter', 'cv'], action='append',
+                   help='what to run (repeatable; default: all three): the default dataset, LLMRouter train -> test, k-fold CV on LLMRouter train; '
+                        'each part writes bench/results/compare_part_<part>.json, so parts can run as separate processes')
+    p.add_argument('--routers', help=f'comma-separated subset of {list(LINEUP)}')
+    p.add_argument('--cv-routers', help='routers for the k-fold run (default: the same)')
+    p.add_argument('--folds', type=int, default=5, help='k of the cross-validation on LLMRouter train')
+    p.add_argument('--cal-folds', type=int, default=5, help='folds of the out-of-fold calibration')
+    p.add_argument('--n-latency', type=int, default=100)
+    p.add_argument('--render', action='store_true', help='only collect the parts into compare.json and rewrite the Markdown and PNGs')
     args = p.parse_args()
-    if args.render: return render(json.loads((RESULTS/'compare.json').read_text()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'loadavg_start': os.getloadavg()[0]},
-           'command': 'python bench/compare.py ' + ' '.join(sys.argv[1:])}
-    prev = RESULTS/'compare.json'
-    if args.only and prev.exists(): out = {**json.loads(prev.read_text()), **{k: v for k, v in out.items()}}
-    emb = CachedEmbedder(cache_dir=cache_root()/'embeddings')
-    todo = [args.only] if args.only else ['default', 'llmrouter']
-    if 'llmrouter' in todo and not has_shared_data():
-        print(f'LLMRouter outcomes not found at {shared_data_dir()}: skipped'); todo.remove('llmrouter')
-    titles = TITLES
-    for d in todo:
-        with tempfile.TemporaryDirectory(prefix='qr-bench-') as work:
-            res = run(d, args, emb, work)
-        write_report(res, RESULTS, f'compare_{d}', titles[d])
-        out[d] = res
-        if d == 'llmrouter': out['bar'] = bar_check(res)
-        emb.save()
-    out['machine']['loadavg_end'] = os.getloadavg()[0]
+    if not args.render:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        emb = CachedEmbedder(cache_dir=cache_root()/'embeddings')
+        for part in args.part or ['default', 'llmrouter', 'cv']:
+            if part in ('llmrouter', 'cv') and not has_shared_data():
+                print(f'LLMRouter outcomes not found at {shared_data_dir()}: {part} skipped'); continue
+            out = {'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'loadavg_start': os.getloadavg()[0]},
+                   'command': 'python bench/compare.py ' + ' '.join(sys.argv[1:]), 'args': vars(args)}
+            with tempfile.TemporaryDirectory(prefix='qr-bench-') as work:
+                if part == 'cv':
+                    tr, va, _ = load_eval_data('llmrouter')
+                    names = [n for n in (args.cv_routers or args.routers or ','.join(LINEUP)).split(',') if n in LINEUP]
+                    t = time.time()
+                    res = compare(factories(names, emb), tr, None, va, budgets=(0.5, 0.12), embedder=emb, n_latency=0, calibration='cv',
+                                  cal_folds=args.cal_folds, folds=args.folds, progress=True)
+                    res['meta']['wall_s'] = round(time.time() - t, 1)
+                    res['meta']['lineup'] = {n: {'kind': LINEUP[n][0], 'options': LINEUP[n][1]} for n in names}
+                else: res, _ = run(part, argparse.Namespace(**{**vars(args), 'folds': 0}), emb, work)
+            emb.save()
+            out['machine']['loadavg_end'] = os.getloadavg()[0]
+            out['result'] = res
+            (RESULTS/f'compare_part_{part}.json').write_text(json.dumps(out, indent=1, default=float))
+            print(f'wrote compare_part_{part}.json', flush=True)
+    parts = {q: json.loads((RESULTS/f'compare_part_{q}.json').read_text()) for q in ('default', 'llmrouter', 'cv') if (RESULTS/f'compare_part_{q}.json').exists()}
+    if not parts: raise SystemExit('no results yet: run a part first')
+    key = {'default': 'default', 'llmrouter': 'llmrouter', 'cv': 'llmrouter_cv'}
+    first = next(iter(parts.values()))
+    out = {'machine': {**first['machine'], 'loadavg_start': max(v['machine']['loadavg_start'] for v in parts.values()), 'loadavg_end': max(v['machine']['loadavg_end'] for v in parts.values())},
+           'command': '; '.join(v['command'] for v in parts.values()), **{key[q]: v['result'] for q, v in parts.items()}}
+    if 'llmrouter' in out: out['bar'] = bar_check(out['llmrouter'], out.get('llmrouter_cv'))
     (RESULTS/'compare.json').write_text(json.dumps(out, indent=1, default=float))
     render(out)
-
-TITLES = {'default': 'Default dataset (grouped split: train / valid / test)', 'llmrouter': 'LLMRouter outcomes (train → test)'}
-
-def render(out):
-    "compare.md (and each dataset's Markdown and PNGs) from the results."
-    titles = TITLES
-    for d in ('default', 'llmrouter'):
-        if d in out: write_report(out[d], RESULTS, f'compare_{d}', titles[d])
-    md = ['# Router comparison (measured)', '', f"Command: `{out['command']}`. Machine: {out['machine']['cpus']} CPUs, shared "
-          f"(load average {out['machine']['loadavg_start']:.1f} at the start): timings are comparable within a table, not across machines.", '']
-    for d in ('default', 'llmrouter'):
-        if d in out:
-            ex = out[d]['meta'].get('extras') or {}
-            md += [report_markdown(out[d], titles[d]), f"Fine-tuned embedder: {ex.get('finetuned') or 'not included'}. Classifier: {ex.get('classifier') or 'not included'}. "
-                   f"Not calibrated (trained once, on all training queries): {out[d]['meta'].get('not_calibrated') or 'none'}.", '',
-                   f'![cost-quality curves](compare_{d}_curves.png)', '']
-            if d == 'default': md += ['![confusion matrices](compare_default_confusion.png)', '']
-    if 'bar' in out:
-        b = out['bar']
-        md += ['## The bar (LLMRouter test)', '', markdown_table([b], ['best_router', 'q_at_50pct', 'cost_rel_of_that_point', 'meets_0.59_at_50pct',
-               'q_at_12pct', 'meets_0.535_at_12pct', 'cost_rel_for_0.535', 'oracle_hull_at_12pct', 'calibrated_lambda', 'calibrated_test_quality', 'calibrated_test_cost_rel']), '', b['note'], '']
-    (RESULTS/'compare.md').write_text('\n'.join(md))
-    print('\n'.join(md))
 
 if __name__ == '__main__': main()

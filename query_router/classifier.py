@@ -224,14 +224,19 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop('labels')
             out = model(**inputs)
+            if labels.dim() == 2: # per-candidate outcomes: one logit per candidate, binary cross-entropy against the scores
+                loss = F.binary_cross_entropy_with_logits(out.logits.float(), labels.float())
+                return (loss, out) if return_outputs else loss
             w = None if self.class_weights is None else self.class_weights.to(out.logits.device)
             loss = F.cross_entropy(out.logits.float(), labels, weight=w)
             return (loss, out) if return_outputs else loss
     return WeightedTrainer
 
 # %% ../nbs/07_classifier.ipynb #d0520a5b
-def predict_proba(model, tok, texts:list[str], max_length:int=128, batch_size:int=32, progress:bool=False)->np.ndarray:
-    "Class probabilities, shape (len(texts), num_labels)."
+def predict_proba(model, tok, texts:list[str], max_length:int=128, batch_size:int=32, progress:bool=False,
+                  multi_label:bool=False, # one sigmoid per candidate (outcome objective) instead of one softmax
+                 )->np.ndarray:
+    "Class probabilities (or per-candidate success probabilities with `multi_label`), shape (len(texts), num_labels)."
     import torch
     from tqdm.auto import tqdm
     texts = list(texts)
@@ -243,7 +248,8 @@ def predict_proba(model, tok, texts:list[str], max_length:int=128, batch_size:in
         for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc='predict'):
             idx = order[i:i + batch_size]
             enc = tok([texts[j] for j in idx], truncation=True, max_length=max_length, padding=True, return_tensors='pt').to(dev)
-            out[idx] = torch.softmax(model(**enc).logits.float(), -1).cpu().numpy()
+            logits = model(**enc).logits.float()
+            out[idx] = (torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1)).cpu().numpy()
     if was_training: model.train()
     return out
 
@@ -317,7 +323,8 @@ def train_classifier(out, # artifact folder to write
                      target_modules=None, # LoRA targets (default: the attention projections of the base's family)
                      max_steps:int=-1, # stop after this many steps (-1: run all epochs)
                      logging_steps:int|None=None, # steps between loss records (default: about 50 records per run)
-                     threshold:float=0.5, # for outcome data: the score a target must reach to be good enough
+                     threshold:float=0.5, # for outcome data with the label objective: the score a target must reach to be good enough
+                     objective:str='auto', # 'outcomes': one logit per candidate, BCE on its measured score; 'label': softmax over the cheapest-adequate label; 'auto': outcomes on outcome data
                      quantize='auto', # 4-bit base: 'auto' (CUDA + bitsandbytes only), True or False
                      merge:bool=False, # store the merged full model instead of the adapter (no base needed to load; bigger)
                      seed:int=0,
@@ -329,12 +336,22 @@ def train_classifier(out, # artifact folder to write
     import torch
     from transformers import TrainingArguments, DataCollatorWithPadding, PrinterCallback, set_seed
     from peft import LoraConfig, TaskType, get_peft_model
-    train, valid = _as_tiers(train, threshold), _as_tiers(valid, threshold)
+    if train is not None and not isinstance(train, RoutingData): train = load_routing_data(train)
+    if objective == 'auto': objective = 'outcomes' if train.kind == 'outcomes' else 'label'
+    if objective not in ('outcomes', 'label'): raise ValueError(f"objective must be 'outcomes', 'label' or 'auto', not {objective!r}")
+    if objective == 'outcomes' and train.kind != 'outcomes': raise ValueError(f"{train.source}: the outcomes objective needs outcome data (a score per query and candidate); this is {train.kind} data")
+    if objective == 'label': train, valid = _as_tiers(train, threshold), _as_tiers(valid, threshold)
+    elif valid is not None and not isinstance(valid, RoutingData): valid = load_routing_data(valid)
     if len(train) == 0: raise ValueError("no training queries")
     targets = list(train.targets)
     ids = {t: i for i, t in enumerate(targets)}
-    y = [ids[l] for l in train.labels]
-    if len(set(y)) < 2: raise ValueError(f"training needs at least two targets with examples; only {sorted({targets[i] for i in y})} occur")
+    multi = objective == 'outcomes'
+    if multi:
+        S = train.scores(); lo, hi = float(min(S.min(), 0.0)), float(max(S.max(), 1.0))
+        y = ((S - lo) / (hi - lo)).astype(np.float32).tolist()
+    else:
+        y = [ids[l] for l in train.labels]
+        if len(set(y)) < 2: raise ValueError(f"training needs at least two targets with examples; only {sorted({targets[i] for i in y})} occur")
     if max_length < 4: raise ValueError(f"max_length must be at least 4 tokens, not {max_length}")
     if epochs <= 0 and max_steps <= 0: raise ValueError("epochs (or max_steps) must be positive")
     t0 = time.time()
@@ -342,6 +359,7 @@ def train_classifier(out, # artifact folder to write
     if not torch.cuda.is_available(): set_threads(threads)
     set_seed(seed)
     base, tok, causal = load_for_classification(where, targets, quantize)
+    if multi: base.config.problem_type = 'multi_label_classification'
     fp = base_fingerprint(base)
     quant = getattr(base, 'is_loaded_in_4bit', False)
     if quant:
@@ -361,7 +379,7 @@ def train_classifier(out, # artifact folder to write
         args = TrainingArguments(output_dir=str(work), per_device_train_batch_size=batch_size, num_train_epochs=1, max_steps=steps,
                                  learning_rate=lr, logging_steps=logging_steps or max(1, steps // 50), save_strategy='no', report_to='none',
                                  seed=seed, disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
-        w = torch.tensor(class_weights(y, len(targets)), dtype=torch.float32)
+        w = None if multi else torch.tensor(class_weights(y, len(targets)), dtype=torch.float32)
         trainer = _trainer_class()(model=net, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok), class_weights=w)
         if not progress: trainer.remove_callback(PrinterCallback) # quiet means quiet: no dict per logging step
         t1 = time.time(); trainer.train(); train_s = time.time() - t1
@@ -370,10 +388,15 @@ def train_classifier(out, # artifact folder to write
     net.eval()
     vm = None
     if valid is not None and len(valid):
-        probs = predict_proba(net, tok, valid.queries, max_length, progress=progress)
-        vm = classification_metrics(valid.labels, [targets[i] for i in decide(probs)], targets)
+        probs = predict_proba(net, tok, valid.queries, max_length, progress=progress, multi_label=multi)
+        if multi:
+            O = valid.scores(); p = np.clip(probs, 1e-6, 1 - 1e-6); Ov = (O - lo) / (hi - lo)
+            vm = {'n': len(valid), 'bce': float(-(Ov * np.log(p) + (1 - Ov) * np.log(1 - p)).mean()), 'brier': float(((probs - Ov) ** 2).mean()),
+                  'quality_argmax': float(O[np.arange(len(O)), decide(probs)].mean())}
+        else: vm = classification_metrics(valid.labels, [targets[i] for i in decide(probs)], targets)
     probe = list(train.queries[:4]) # a self-test the router repeats when it loads
-    probe_p = predict_proba(net, tok, probe, max_length)
+    probe_p = predict_proba(net, tok, probe, max_length, multi_label=multi)
+    if multi: probe_p = lo + (hi - lo) * probe_p # what the router's `score_batch` returns
     costs = dict(zip(targets, train.costs().tolist())) if train.costs() is not None else {}
     info = {'base': {'name': name, 'causal': causal, 'model_type': base.config.model_type, 'fingerprint': fp,
                      'parameters': int(sum(p.numel() for p in base.parameters()))},
@@ -381,7 +404,8 @@ def train_classifier(out, # artifact folder to write
             'settings': {'policy': 'argmax', 'param': None, 'max_length': max_length, 'pad': 'eos' if causal else tok.pad_token,
                          'lora': {**lora, 'target_modules': tm if isinstance(tm, str) else list(tm)}, 'quantized_4bit': bool(quant),
                          'epochs': epochs, 'max_steps': max_steps, 'lr': lr, 'batch_size': batch_size, 'seed': seed,
-                         'class_weights': dict(zip(targets, w.tolist()))},
+                         'objective': objective, **({'scale': [lo, hi]} if multi else {}),
+                         'class_weights': None if w is None else dict(zip(targets, w.tolist()))},
             'training': {'n_train': len(train), 'steps': trainer.state.global_step, 'trainable_parameters': n_train_params,
                          'train_s': round(train_s, 1), 'total_s': round(time.time() - t0, 1), 'loss_history': losses,
                          'device': str(next(net.parameters()).device), 'torch_threads': torch.get_num_threads()},
@@ -428,6 +452,7 @@ class ClassifierRouter(Router):
         s = m['settings']
         self.default_policy, self.default_param = s.get('policy', 'argmax'), s.get('param')
         self.max_length, self.batch_size = s.get('max_length', 128), batch_size
+        self.multi_label, self.scale = s.get('objective') == 'outcomes', tuple(s.get('scale', (0.0, 1.0)))
         with _quiet(): self.tokenizer = load_tokenizer(self.path/'tokenizer', False)
         if m['weights'] == 'merged':
             with _quiet(): self.model = AutoModelForSequenceClassification.from_pretrained(self.path/'model', dtype=torch.float32)
@@ -449,13 +474,15 @@ class ClassifierRouter(Router):
         "Open the router of an artifact whose manifest `load_router` has read."
         return cls(path, manifest=manifest, **kw)
     def score_batch(self, queries:list[str])->np.ndarray:
-        return predict_proba(self.model, self.tokenizer, queries, self.max_length, self.batch_size, progress=len(queries) > 1000)
+        p = predict_proba(self.model, self.tokenizer, queries, self.max_length, self.batch_size, progress=len(queries) > 1000, multi_label=self.multi_label)
+        return p if not self.multi_label else self.scale[0] + (self.scale[1] - self.scale[0]) * p
     def describe(self)->dict:
         m = self.manifest
         return {'router': 'classifier', 'model': m['base']['name'], 'weights': m['weights'], 'max_length': self.max_length,
                 'targets': [{'name': t['name'], 'cost': t['cost']} for t in m['targets']], 'artifact_version': m['format_version'],
                 'created': m['created'], 'path': str(self.path),
-                'valid': {k: m['valid'][k] for k in ('n', 'accuracy', 'macro_f1')} if m.get('valid') else None}
+                'objective': m['settings'].get('objective', 'label'),
+                'valid': {k: m['valid'][k] for k in ('n', 'accuracy', 'macro_f1', 'bce', 'quality_argmax') if k in m['valid']} if m.get('valid') else None}
     def __repr__(self): return f"ClassifierRouter({str(self.path)!r}, base={self.manifest['base']['name']!r}, targets={self.targets})"
 
 # %% ../nbs/07_classifier.ipynb #0171f112
@@ -476,19 +503,24 @@ def train_classifier_cli(out:str='artifacts/classifier', # artifact folder to wr
                          threshold:float=0.5, # outcome data: score a target must reach to be good enough
                          merge:bool=False, # store the merged full model (no base needed to load)
                          seed:int=0, # seed for the split and the training
+                         objective:str='auto', # outcomes (one logit per candidate; the default on outcome data) or label (the cheapest adequate candidate)
                         ):
     "Fine-tune a classification router (LoRA) and write its artifact folder."
     if data is None: d = load_default_dataset()
     else: d = load_routing_data(data, load_candidates(candidates) if candidates else None)
-    d = _as_tiers(d, threshold)
+    if objective == 'label' or d.kind == 'tiers': d = _as_tiers(d, threshold)
     tr, va, te = split_data(d, split, seed=seed)
     print(f"{d.source}: {len(tr)} train / {len(va)} valid / {len(te)} test ({split} split), base {model}", flush=True)
     p = train_classifier(out, tr, va, model, epochs, lr, batch_size, max_length, r, alpha, dropout, max_steps=max_steps, threshold=threshold,
-                         merge=merge, seed=seed, extra={'split': {'how': split, 'seed': seed, 'sizes': [len(tr), len(va), len(te)]}})
+                         merge=merge, seed=seed, objective=objective, extra={'split': {'how': split, 'seed': seed, 'sizes': [len(tr), len(va), len(te)]}})
     m = load_manifest(p)
     router = ClassifierRouter(p)
-    tm = classification_metrics(te.labels, router.route_batch(te.queries), router.targets) if len(te) else None
     print(f"wrote {p}: {m['training']['steps']} steps in {m['training']['train_s']:.0f}s")
+    if d.kind == 'outcomes': # per-candidate outcomes: the quality of the routes, not a label accuracy
+        O = te.scores()[:, [te.targets.index(t) for t in router.targets]]
+        if len(te): print(f"test: mean quality of the argmax routes {O[np.arange(len(te)), decide(router.score_batch(te.queries))].mean():.4f} on {len(te)} queries; valid {m['valid']}")
+        return p
+    tm = classification_metrics(te.labels, router.route_batch(te.queries), router.targets) if len(te) else None
     for k, v in (('valid', m['valid']), ('test', tm)):
         if v: print(f"{k}: accuracy {v['accuracy']:.4f}, macro F1 {v['macro_f1']:.4f}, confusion (rows true {v['labels']}): {v['confusion']}")
     return p

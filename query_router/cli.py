@@ -11,10 +11,11 @@ from fastcore.script import anno_parser
 
 # %% ../nbs/90_cli.ipynb #ad3ae81a
 COMMANDS = {
-    'build': ('query_router.knn', 'build_cli', 'build a KNN router artifact folder'),
+    'build': ('query_router.build', 'build_cli', 'build a router artifact folder: --router knn (default), linear, tfidf, length, hybrid, mf or classifier'),
     'export': ('query_router.knn', 'export_cli', "write the original's points.jsonl / targets.jsonl from a KNN artifact"),
     'upgrade': ('query_router.knn', 'upgrade_cli', 'convert a format 1 artifact folder to format 2'),
     'serve': ('query_router.serve', 'serve_cli', 'serve a router over HTTP'),
+    'dc-finetune': ('query_router.dcfinetune', 'dc_finetune_cli', "fine-tune the embedder on per-candidate outcomes (RouterDC's dual contrastive loss)"),
     'finetune': ('query_router.finetune', 'finetune_cli', 'fine-tune the embedding model on routing labels and measure KNN routing before/after'),
     'distill': ('query_router.distill', 'distill_cli', 'distil a sentence-transformers model into a fast static (model2vec) embedder'),
     'train-classifier': ('query_router.classifier', 'train_classifier_cli', 'fine-tune a classification router (LoRA on a causal LM or an encoder)'),

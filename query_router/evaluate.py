@@ -17,12 +17,12 @@ from .router import *
 __all__ = ['COST_UNITS', 'SIMPLE_BASELINES', 'EXTRA_ROUTERS', 'label_index', 'outcome_matrix', 'cost_array', 'route_value',
            'mean_costs', 'decide_costs', 'confusion', 'tier_metrics', 'param_grid', 'sweep', 'upper_hull', 'aiq',
            'pgr_curve', 'apgr', 'cpt', 'pair_metrics', 'calibrate', 'score_data', 'oof_scores', 'calibrate_cv',
-           'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'SklearnRouter', 'LogRegRouter',
-           'TfidfRouter', 'LengthRouter', 'fit_knn', 'EnsembleRouter', 'folder_bytes', 'router_bytes', 'embedder_bytes',
-           'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis', 'GroupRouter', 'score_report',
-           'baseline_rows', 'Comparison', 'compare', 'markdown_table', 'report_markdown', 'plot_curves',
+           'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes', 'router_bytes',
+           'embedder_bytes', 'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis', 'GroupRouter',
+           'score_report', 'baseline_rows', 'Comparison', 'compare', 'markdown_table', 'report_markdown', 'plot_curves',
            'plot_confusions', 'write_report', 'default_routers', 'has_module', 'extra_routers', 'load_eval_data',
-           'evaluate_cli', 'calibrate_artifact', 'calibrate_cli']
+           'evaluate_cli', 'calibrate_artifact', 'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter',
+           'LengthRouter', 'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
 
 # %% ../nbs/08_evaluate.ipynb #27f04a1a
 def label_index(data:RoutingData)->np.ndarray:
@@ -319,91 +319,9 @@ def no_cache():
     finally: CachedEmbedder.bypass = old
 
 # %% ../nbs/08_evaluate.ipynb #336406f2
-class SklearnRouter(Router):
-    "Routes with scikit-learn logistic regressions on features of the query; subclasses define the features."
-    def __init__(self, C:float=1.0, # inverse regularisation strength
-                 threshold:float=0.5, # outcome data: a target succeeds when its score reaches this
-                ):
-        self.C, self.threshold, self.models = C, threshold, None
-    def features(self, queries:list[str], fit:bool=False): raise NotImplementedError
-    def _lr(self):
-        from sklearn.linear_model import LogisticRegression
-        return LogisticRegression(C=self.C, max_iter=3000)
-    def fit(self, data:RoutingData):
-        "Fit on `data`; returns self (with `fit_s`, the seconds it took)."
-        t = time.perf_counter()
-        self.targets, self.costs, self.kind = list(data.targets), data.costs(), data.kind
-        X = self.features(data.queries, fit=True)
-        if data.kind == 'tiers':
-            y = label_index(data)
-            self.models = [self._lr().fit(X, y)] if len(set(y)) > 1 else [int(y[0])]
-        else:
-            Y = data.scores() >= self.threshold
-            self.models = [self._lr().fit(X, Y[:, j]) if 0 < Y[:, j].sum() < len(Y) else float(Y[0, j]) for j in range(len(self.targets))]
-        self.fit_s = time.perf_counter() - t
-        return self
-    def score_batch(self, queries:list[str])->np.ndarray:
-        if self.models is None: raise ValueError(f"{type(self).__name__} is not fitted: call .fit(data) first")
-        X = self.features(list(queries))
-        n, T = len(queries), len(self.targets)
-        if self.kind == 'tiers':
-            m, out = self.models[0], np.zeros((n, T))
-            if isinstance(m, int): out[:, m] = 1.0
-            else: out[:, m.classes_] = m.predict_proba(X)
-            return out
-        return np.column_stack([np.full(n, m) if isinstance(m, float) else m.predict_proba(X)[:, 1] for m in self.models])
-    def size_bytes(self)->int:
-        "Bytes of the fitted model, pickled (the embedding model it reads is not counted)."
-        return len(pickle.dumps({k: v for k, v in self.__dict__.items() if k != 'embedder'}))
-    def describe(self)->dict: return {'router': type(self).__name__, 'targets': list(self.targets), 'C': self.C}
-
-class LogRegRouter(SklearnRouter):
-    "Logistic regression on the query's sentence embedding."
-    def __init__(self, embedder:Embedder, C:float=1.0, threshold:float=0.5):
-        super().__init__(C, threshold); self.embedder = embedder
-    def features(self, queries, fit=False): return self.embedder.encode(queries)
-
-class TfidfRouter(SklearnRouter):
-    "Logistic regression on character 2-4-gram TF-IDF features of the query (no neural model)."
-    def __init__(self, C:float=3.0, threshold:float=0.5, max_features:int=100_000):
-        super().__init__(C, threshold); self.max_features, self.vec = max_features, None
-    def features(self, queries, fit=False):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        if fit: self.vec = TfidfVectorizer(analyzer='char_wb', ngram_range=(2, 4), min_df=3 if len(queries) >= 1000 else 1,
-                                           sublinear_tf=True, max_features=self.max_features).fit(queries)
-        return self.vec.transform(queries)
-
-class LengthRouter(SklearnRouter):
-    "Logistic regression on the query's length alone (log characters, log words): the baseline a router must beat."
-    def features(self, queries, fit=False):
-        return np.array([[np.log1p(len(q)), np.log1p(len(q.split()))] for q in queries])
-
-# %% ../nbs/08_evaluate.ipynb #340feb01
-def fit_knn(data:RoutingData, embedder:Embedder, k:int=10, workdir=None, n_trees:int=50):
-    "Build a KNN artifact from `data` in a fresh folder under `workdir` and load it."
-    from query_router.knn import build_artifacts, KNNRouter
-    t = time.perf_counter()
-    out = Path(tempfile.mkdtemp(prefix='knn-', dir=workdir))/'artifact'
-    build_artifacts(out, data, embedder, n_trees=n_trees, settings={'k': k})
-    r = KNNRouter(out, embedder, k=k)
-    r.fit_s = time.perf_counter() - t
-    return r
-
-class EnsembleRouter(Router):
-    "The mean of several routers' scores (same targets)."
-    def __init__(self, routers:list, weights=None):
-        self.routers = list(routers)
-        t0 = self.routers[0]
-        bad = [type(r).__name__ for r in self.routers if list(r.targets) != list(t0.targets)]
-        if bad: raise ValueError(f"ensemble members must have the same targets; {bad} differ from {t0.targets}")
-        self.targets, self.costs = list(t0.targets), t0.costs
-        w = np.ones(len(self.routers)) if weights is None else np.asarray(weights, dtype=float)
-        self.weights = w / w.sum()
-        self.fit_s = sum(getattr(r, 'fit_s', 0.0) for r in self.routers)
-    def score_batch(self, queries:list[str])->np.ndarray:
-        return sum(w * r.score_batch(queries) for w, r in zip(self.weights, self.routers))
-    def size_bytes(self)->int: return sum(router_bytes(r) or 0 for r in self.routers)
-    def describe(self)->dict: return {'router': 'ensemble', 'members': [r.describe() for r in self.routers], 'weights': self.weights.tolist(), 'targets': self.targets}
+from .linear import * # the routers moved to their own modules (04b_linear, 04c_mf); imported so the names resolve here
+from .mf import *
+_all_ = ['SklearnRouter', 'LogRegRouter', 'TfidfRouter', 'LengthRouter', 'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
 
 # %% ../nbs/08_evaluate.ipynb #fee77b0f
 def folder_bytes(p)->int: return sum(f.stat().st_size for f in Path(p).rglob('*') if f.is_file())
