@@ -231,7 +231,7 @@ def build_artifacts(out, # artifact folder to write
     elif not isinstance(data, RoutingData): data = load_routing_data(data, candidates)
     candidates = candidates or data.candidates
     if canonicalize is not False and canonicalize is not None:
-        from .canonical import load_canon_spec, canonicalize_data
+        from query_router.canonical import load_canon_spec, canonicalize_data
         spec = load_canon_spec() if canonicalize is True else canonicalize
         data, settings = canonicalize_data(data, spec), {'canonicalize': spec, **(settings or {})} # the index is built from the text it will route
     pts, _ = points_and_targets(data, np.zeros((len(data), 1), dtype=np.float32))
