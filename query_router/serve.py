@@ -621,7 +621,7 @@ def set_threads(threads:int|None=None, # torch CPU threads; default: 1 when the 
 def app_from_env():
     "The app described by the `QUERY_ROUTER_SERVE` environment variable: the factory each uvicorn worker calls."
     cfg = json.loads(os.environ[ENV_CONFIG])
-    r = load_router(cfg['artifacts'], cfg.get('router'), **cfg.get('load', {}))
+    r = load_router(cfg['artifacts'], cfg.get('router'), **(cfg.get('load') or ({'k': cfg['k']} if cfg.get('k') else {})))
     set_threads(cfg.get('threads'), cfg.get('workers', 1))
     return make_app(r, backends=cfg.get('backends'), **cfg['options'])
 

@@ -74,7 +74,7 @@ def test_manifest_records_static_and_routes(static_art, static_dir, default_data
     assert r.embedder.kind == 'static' and r.describe()['embedder'] == 'static'
     small = default_data.subset(range(150))
     ans = respond(r, small.queries[:20])
-    assert all(a['hits'][0]['similarity'] > 0.99 and len(a['hits']) == 10 for a in ans) # every indexed query finds itself
+    assert all(a['hits'][0]['similarity'] > 0.99 and len(a['hits']) == m['settings']['k'] == 30 for a in ans) # every indexed query finds itself
     assert [a['route'] for a in respond(r, small.queries[:20], k=1)] == small.labels[:20] # its own label, alone
 
 def test_mismatch_refused_both_ways(static_art, transformer_art, static_emb, embedder):
@@ -99,7 +99,7 @@ def test_served_over_http(static_art):
     from query_router.serve import load_router, make_app, ServerThread
     with ServerThread(make_app(load_router(static_art))) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         r = c.post('/', json={'query': 'Write a haiku about autumn'})
-        assert r.status_code == 200 and len(r.json()['hits']) == 10
+        assert r.status_code == 200 and len(r.json()['hits']) == 30 # the CLI's default k
         assert c.get('/health').json()['embedder'] == 'static'
         r = c.post('/', json={'query': '\U0001F600\U0001F600'}) # no known token: a zero vector, an even vote, still an answer
         assert r.status_code == 200 and all(h['similarity'] == 0 for h in r.json()['hits']) and abs(sum(s['score'] for s in r.json()['scores']) - 1) < 1e-3

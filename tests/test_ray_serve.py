@@ -171,5 +171,5 @@ def test_rolling_update_to_a_new_artifact_fails_no_request(url, art, tmp_path):
     print(f"\nrolling update to {v2}: {stats}")
     with httpx.Client(base_url=url, timeout=60) as c:
         paths = {c.get('/health').json()['path'] for _ in range(10)}
-    assert paths == {str(v2)}, paths
+    assert paths == {v2.name}, paths # /health names the folder, never an absolute path
     assert stats['requests'] > 0 and stats['failed'] == 0 and stats['lost'] == 0, stats
