@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_artifacts.ipynb #d6ecc746
 from __future__ import annotations
-import contextlib, errno, fcntl, hashlib, importlib, json, math, os, shutil, socket, tempfile, threading, time
+import contextlib, contextvars, errno, fcntl, hashlib, importlib, json, math, os, shutil, socket, tempfile, threading, time
 from pathlib import Path
 import numpy as np
 from .core import *
@@ -14,8 +14,9 @@ from .router import *
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'LOCK_TIMEOUT', 'ROUTER_KINDS', 'NEEDS_EMBEDDER', 'ArtifactError', 'sha256', 'HashingWriter',
            'artifact_lock', 'recover', 'check_settings', 'check_embedder_desc', 'validate_manifest', 'manifest_digests',
-           'check_integrity', 'check_files', 'read_manifest', 'load_manifest', 'verify_files', 'write_artifact',
-           'update_settings', 'hub_reachable', 'check_embedder', 'load_embedder', 'router_class', 'load_router']
+           'check_integrity', 'check_files', 'read_manifest', 'load_manifest', 'verify_files', 'artifact_settings',
+           'write_artifact', 'update_settings', 'hub_reachable', 'check_embedder', 'load_embedder', 'router_class',
+           'load_router']
 
 # %% ../nbs/03a_artifacts.ipynb #6c4780ee
 FORMAT_VERSION = 2
@@ -141,6 +142,9 @@ def check_settings(s:dict, mf, targets:list[dict]|None=None, field:str='settings
     if 'k' in s and not (_is_int(s['k']) and s['k'] >= 1): raise _bad(mf, f'{field}.k', f"must be an integer >= 1, not {s['k']!r}")
     if p == 'utility' and targets is not None and any(t.get('cost') is None for t in targets):
         raise _bad(mf, f'{field}.policy', "is 'utility', which needs every target's cost, and some targets have none")
+    cs = s.get('canonicalize')
+    if cs not in (None, False) and not (isinstance(cs, dict) and isinstance(cs.get('steps'), list)):
+        raise _bad(mf, f'{field}.canonicalize', f"must be a canonicalisation spec (an object with 'steps'), false or null, not {cs!r:.80}")
 
 def check_embedder_desc(e, mf, field:str='embedder'):
     if not isinstance(e, dict): raise _bad(mf, field, f"must be an object, not {type(e).__name__}")
@@ -246,6 +250,16 @@ def _describe(embedder)->tuple[dict, str|None]:
     local = name if name != BUNDLED and os.path.isdir(name) else None
     return d, local
 
+_SETTINGS = contextvars.ContextVar('query_router_artifact_settings', default={})
+
+@contextlib.contextmanager
+def artifact_settings(**settings):
+    "Settings every artifact written inside this block records (unless its router sets them itself; None values are skipped): how `Router.save` records the canonicalisation of any router kind."
+    add = {k: v for k, v in settings.items() if v is not None}
+    tok = _SETTINGS.set({**_SETTINGS.get(), **add})
+    try: yield
+    finally: _SETTINGS.reset(tok)
+
 def write_artifact(out, # the artifact folder to create or replace
                    kind:str, # router kind, a key of `ROUTER_KINDS`
                    write_files, # `write_files(tmp:Path)->dict|None`: writes the router's files, returns more manifest entries
@@ -273,7 +287,7 @@ def write_artifact(out, # the artifact folder to create or replace
                     shutil.copytree(local, tmp/'embedder', ignore=_EMB_SKIP)
                     desc = {**desc, 'path': 'embedder', 'source': local}
                 m['embedder'] = desc
-            m.update({'targets': [{'name': t['name'], 'cost': t.get('cost')} for t in targets], 'settings': dict(settings)})
+            m.update({'targets': [{'name': t['name'], 'cost': t.get('cost')} for t in targets], 'settings': {**_SETTINGS.get(), **dict(settings)}})
             m.update(extra or {}); m.update(got)
             files = {}
             for p in sorted(tmp.rglob('*')):

@@ -41,6 +41,7 @@ def build_router(kind:str, # one of `BUILD_KINDS`
                  data, # `RoutingData` or a dataset path
                  embedder=None, # `Embedder`, model name or path (default: the bundled all-MiniLM-L6-v2, for the kinds that embed)
                  candidates=None, # candidates file or list (costs)
+                 canonicalize=True, # strip what carries no task (greetings, chat templates...) from training text and queries: True (the package's rules), a spec, or False; recorded in the manifest
                  **opts, # the kind's options
                 )->Path:
     "Fit a router of `kind` on `data` and write its artifact; return the folder."
@@ -49,17 +50,21 @@ def build_router(kind:str, # one of `BUILD_KINDS`
     if not isinstance(data, RoutingData): data = load_routing_data(data, candidates)
     if len(data) == 0: raise ValueError(f"{data.source}: no queries to build from")
     src = {'source': {'data': data.source, 'kind': data.kind, 'rows': len(data)}}
+    from query_router.canonical import load_canon_spec, canonicalize_data
+    from query_router.artifacts import artifact_settings
+    spec = load_canon_spec() if canonicalize is True else (canonicalize or None) # every kind: the manifest records it, `Router.prepare` applies it
     if kind == 'classifier':
         from query_router.classifier import train_classifier
-        return train_classifier(out, data, **opts)
+        with artifact_settings(canonicalize=spec): return train_classifier(out, canonicalize_data(data, spec) if spec else data, **opts)
     needs = kind in ('knn', 'hybrid', 'mf') or (kind == 'linear' and 'embedding' in opts.get('features', 'embedding').split('+'))
     emb = (embedder if isinstance(embedder, Embedder) else Embedder(embedder)) if needs else None
     if kind == 'knn':
         from query_router.knn import build_artifacts
         k = opts.pop('k', 30)
-        return build_artifacts(out, data, emb, candidates=candidates, settings={'k': k, **opts.pop('settings', {})}, **opts)
-    r = make_router(kind, emb, **opts).fit(data)
-    return r.save(out, extra=src)
+        return build_artifacts(out, data, emb, candidates=candidates, settings={'k': k, **opts.pop('settings', {})}, canonicalize=spec or False, **opts)
+    r = make_router(kind, emb, **opts)
+    r.canonicalize = spec or False # fit learns from canonicalised text; save records the spec
+    return r.fit(data).save(out, extra=src)
 
 # %% ../nbs/04d_build.ipynb #c5d08492
 _KNN_ONLY = ('points', 'targets', 'n_trees', 'index', 'search_k', 'ef', 'float16', 'no_text', 'verify')
@@ -73,7 +78,7 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               targets:str=None, # knn: the original's targets.jsonl
               candidates:str=None, # candidates JSON with the targets' costs
               n_trees:int=50, # knn: Annoy trees
-              no_canonicalize:bool=False, # knn: embed the text as it is (default: strip greetings, chat templates and other wrapping that carries no task)
+              no_canonicalize:bool=False, # route the text as it is (default, every kind: strip greetings, chat templates and other wrapping that carries no task)
               k:int=None, # knn: default neighbours stored in the manifest (30); hybrid: neighbours of its KNN member (30)
               index:str='annoy', # knn: annoy (default), hnsw, or exact (small sets)
               search_k:int=None, # knn/annoy: nodes inspected per query (default 4 · n_trees · k)
@@ -100,7 +105,7 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
         return knn_build.__wrapped__(out=out, data=data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or 30, no_canonicalize=no_canonicalize,
                                      index=index, search_k=search_k, ef=ef, float16=float16, no_text=no_text, seed=seed, verify=verify)
     knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef).items() if v is not None}
-    knn_used.update({n: True for n, v in dict(float16=float16, no_text=no_text, no_canonicalize=no_canonicalize).items() if v})
+    knn_used.update({n: True for n, v in dict(float16=float16, no_text=no_text).items() if v})
     if index != 'annoy' or n_trees != 50: knn_used['index/n_trees'] = True
     if knn_used: raise ValueError(f"options {sorted(knn_used)} apply to --router knn only")
     if router not in BUILD_KINDS: raise ValueError(f"unknown router kind {router!r}; use one of {list(BUILD_KINDS)}")
@@ -109,13 +114,13 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
         opts = {'model': model or 'minilm', 'seed': seed, **({'epochs': epochs} if epochs else {}), **({'objective': objective} if objective else {})}
         bad = sorted(set(given) - {'epochs', 'objective'})
         if bad or k: raise ValueError(f"options {bad + (['k'] if k else [])} do not apply to --router classifier")
-        p = build_router('classifier', out, d, **opts)
+        p = build_router('classifier', out, d, canonicalize=not no_canonicalize, **opts)
     else:
         if 'objective' in given: raise ValueError("--objective applies to --router classifier only")
         if epochs is not None: given['epochs'] = int(epochs)
         if k is not None: given['k'] = k
         if router in ('hybrid', 'mf'): given['seed'] = seed
-        p = build_router(router, out, d, model, **given)
+        p = build_router(router, out, d, model, canonicalize=not no_canonicalize, **given)
     from query_router.artifacts import load_manifest
     m = load_manifest(p, verify=verify)
     size = sum(f['bytes'] for f in m['files'].values())

@@ -8,12 +8,12 @@ import functools
 import numpy as np
 
 # %% auto #0
-__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'adjusted_scores', 'decide', 'margins', 'Router', 'resolve_policy',
-           'respond']
+__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'adjusted_scores', 'cumulative_shares', 'ordinal_choice', 'decide',
+           'margins', 'Router', 'resolve_policy', 'respond']
 
 # %% ../nbs/03_router.ipynb #622d4966
-POLICIES = ('argmax', 'threshold', 'utility')
-DEFAULT_PARAMS = {'argmax': None, 'threshold': 0.5, 'utility': 0.0}
+POLICIES = ('argmax', 'threshold', 'utility', 'ordinal')
+DEFAULT_PARAMS = {'argmax': None, 'threshold': 0.5, 'utility': 0.0, 'ordinal': 0.5}
 TIE_BREAKS = ('cheaper', 'capable')
 _TIE = 1e-9
 
@@ -39,9 +39,24 @@ def adjusted_scores(scores:np.ndarray, # shape (n, targets) or (targets,)
     scale = float(cost_scale) if cost_scale is not None else float(c.max()) if c.size else 1.0
     return s - float(param) * c / max(scale, 1e-12)
 
+def cumulative_shares(scores:np.ndarray)->np.ndarray:
+    "Each row's scores as shares (negatives count 0; a row of zeros is uniform), summed up from the cheapest target."
+    p = np.clip(np.atleast_2d(np.asarray(scores, dtype=float)), 0, None)
+    tot = p.sum(1, keepdims=True)
+    p = np.where(tot > 0, p / np.where(tot > 0, tot, 1), 1.0 / p.shape[1])
+    return np.cumsum(p, 1)
+
+def ordinal_choice(scores:np.ndarray, # (n, targets): per-tier shares (votes, probabilities), cheapest first
+                   level:float=0.5, # share of the votes the chosen tier and the cheaper ones must hold (0.5: the median tier)
+                  )->np.ndarray:
+    "The cheapest tier whose cumulative share reaches `level`: for ordinal labels a small change of the shares moves it at most one tier (unless a middle tier holds no share)."
+    level = float(level)
+    if not 0 < level <= 1: raise ValueError(f"the ordinal level must be in (0, 1], got {level}")
+    return (cumulative_shares(scores) >= level - _TIE).argmax(1)
+
 def decide(scores:np.ndarray, # shape (n, targets) or (targets,), targets cheapest first
-           policy:str='argmax', # 'argmax', 'threshold' or 'utility'
-           param:float|None=None, # τ for threshold, λ for utility
+           policy:str='argmax', # 'argmax', 'threshold', 'utility' or 'ordinal' (tier data: the median tier of the predicted shares)
+           param:float|None=None, # τ for threshold, λ for utility, the cumulative level for ordinal
            costs=None, # cost of each target (needed by utility): vector (targets,) or per-query matrix (n, targets)
            margin:float=0.0, # near-tie band: targets within this of the best are settled by `tie_break`
            tie_break:str='cheaper', # 'cheaper' or 'capable' (the most expensive of the near-tied targets)
@@ -59,6 +74,7 @@ def decide(scores:np.ndarray, # shape (n, targets) or (targets,), targets cheape
         rank = _cost_matrix(costs, n, t) + np.arange(t) * 1e-12 if costs is not None else np.broadcast_to(np.arange(t, dtype=float), (n, t))
         best = np.where(band, rank, np.inf).argmin(1) if tie_break == 'cheaper' else np.where(band, rank, -np.inf).argmax(1)
     else: best = band.argmax(1) # first (cheapest) of the best
+    if policy == 'ordinal': return ordinal_choice(s, param)
     if policy != 'threshold': return best
     ok = s >= float(param) - _TIE
     return np.where(ok.any(1), ok.argmax(1), best)
@@ -80,6 +96,10 @@ def margins(scores:np.ndarray, # (n, targets) or (targets,)
     chosen = s[rows, c]
     other = np.where(np.arange(t)[None, :] == c[:, None], -np.inf, s).max(1)
     gap = np.abs(chosen - other)
+    if policy == 'ordinal': # how much share must move to change the decision: above the level at the chosen tier, below it one tier cheaper
+        cum = cumulative_shares(s); lv = float(param)
+        below = np.where(c > 0, lv - cum[rows, np.maximum(c - 1, 0)], np.inf)
+        return np.clip(np.minimum(cum[rows, c] - lv, below), 0, None)
     if policy != 'threshold': return gap
     tau = float(param)
     cheaper = np.where(np.arange(t)[None, :] < c[:, None], s, -np.inf).max(1) # best of the cheaper targets
@@ -96,6 +116,33 @@ def _prepared(f):
     run._prepared = True
     return run
 
+def _fits_canonical(f):
+    "Wrap a subclass's `fit(data, ...)`: a router that canonicalises the queries it scores learns from canonicalised training text too."
+    @functools.wraps(f)
+    def run(self, data, *args, **kw):
+        c = None if self.__dict__.get('_fitting') else self.canonicalizer()
+        if c is not None and hasattr(data, 'frame'):
+            from query_router.canonical import canonicalize_data
+            data = canonicalize_data(data, c)
+        outer = not self.__dict__.get('_fitting'); self.__dict__['_fitting'] = True
+        try: return f(self, data, *args, **kw)
+        finally:
+            if outer: self.__dict__.pop('_fitting', None)
+    run._prepared = True
+    return run
+
+def _saves_canonical(f):
+    "Wrap a subclass's `save(out, ...)`: the manifest records the canonicalisation the router applies (`settings['canonicalize']`), so that loading applies it again."
+    @functools.wraps(f)
+    def run(self, *args, **kw):
+        from query_router.artifacts import artifact_settings
+        c = self.canonicalizer()
+        with artifact_settings(canonicalize=None if c is None else c.describe()): return f(self, *args, **kw)
+    run._prepared = True
+    return run
+
+_WRAPS = {'score_batch': _prepared, 'explain_batch': _prepared, 'fit': _fits_canonical, 'save': _saves_canonical}
+
 class Router:
     "Scores targets for queries; subclasses implement `score_batch`."
     targets:list = []
@@ -107,9 +154,9 @@ class Router:
     tie_break:str|None = None # None: the artifact's settings['tie_break'], else 'cheaper'
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        for name in ('score_batch', 'explain_batch'):
+        for name, wrap in _WRAPS.items(): # canonicalisation is the base class's job, for every router kind
             f = cls.__dict__.get(name)
-            if f is not None and not getattr(f, '_prepared', False): setattr(cls, name, _prepared(f))
+            if callable(f) and not isinstance(f, (classmethod, staticmethod)) and not getattr(f, '_prepared', False): setattr(cls, name, wrap(f))
     def setting(self, name:str, default=None):
         "A router setting: the attribute when set, else the artifact manifest's `settings[name]`, else `default`."
         v = getattr(self, name, None)
