@@ -86,26 +86,27 @@ class SoftKNN(Router):
     def describe(self): return {'router': 'soft-knn', 'k': self.k, 'temperature': self.temperature, 'targets': self.targets}
 
 def build_knn(data, emb, k, work, canon=None):
-    "A KNN artifact from `data` (canonicalised, with the spec recorded in the manifest, when `canon`)."
+    "A KNN artifact from `data` (canonicalised, with the spec recorded in the manifest, when `canon`), loaded as the server would."
     from query_router.knn import build_artifacts, KNNRouter
     out = Path(tempfile.mkdtemp(prefix='knn-', dir=work))/'artifact'
-    settings = {'k': k, **({'canonicalize': canon} if canon else {})}
-    build_artifacts(out, canonicalize_data(data, canon) if canon else data, emb, settings=settings)
+    build_artifacts(out, data, emb, settings={'k': k}, canonicalize=canon or False)
     return KNNRouter(out, emb, k=k)
 
-def build_routers(data, emb, work, canon=None, kinds=('knn10', 'knn30', 'logreg', 'tfidf', 'hybrid')):
-    "name -> fitted router, every kind available; canonicalised training text and queries when `canon`."
-    d = canonicalize_data(data, canon) if canon else data
+KINDS = 'knn10,knn30,linear,tfidf,hybrid,mf,length' # every kind `query-router build` makes but the classifier (a fine-tuned transformer: hours on this CPU)
+
+def build_routers(data, emb, work, canon=None, kinds=tuple(KINDS.split(','))):
+    """name -> fitted router. Canonicalisation goes through the generic path every artifact kind uses
+    (`router.canonicalize = spec`: `fit` learns from canonicalised text, `score_batch` canonicalises the queries, `save` records it)."""
+    from query_router.build import make_router
+    makers = {'linear': lambda: make_router('linear', emb), 'logreg': lambda: make_router('linear', emb), 'tfidf': lambda: make_router('tfidf'),
+              'hybrid': lambda: make_router('hybrid', emb), 'mf': lambda: make_router('mf', emb), 'length': lambda: make_router('length')}
     out = {}
-    if 'knn10' in kinds or 'hybrid' in kinds: out['knn10'] = build_knn(data, emb, 10, work, canon)
-    if 'knn30' in kinds or 'hybrid' in kinds: out['knn30'] = build_knn(data, emb, 30, work, canon)
-    LR, TF, EN = _find('LogRegRouter'), _find('TfidfRouter'), _find('EnsembleRouter')
-    if LR and ('logreg' in kinds or 'hybrid' in kinds): out['logreg'] = LR(emb).fit(d)
-    if TF and ('tfidf' in kinds or 'hybrid' in kinds): out['tfidf'] = TF().fit(d)
-    if EN and 'hybrid' in kinds and all(x in out for x in ('knn30', 'logreg', 'tfidf')): out['hybrid'] = EN([out['knn30'], out['logreg'], out['tfidf']])
-    for name, r in out.items():
-        if canon and not getattr(r, 'manifest', None): r.canonicalize = canon
-    return {k: v for k, v in out.items() if k in kinds}
+    for kind in kinds:
+        if kind.startswith('knn'): out[kind] = build_knn(data, emb, int(kind[3:]), work, canon); continue
+        if kind not in makers: raise SystemExit(f"unknown router {kind!r}; use some of {KINDS}")
+        r = makers[kind](); r.canonicalize = canon or False
+        out[kind] = r.fit(data)
+    return out
 
 def outcomes(data):
     return ev.outcome_matrix(data)
@@ -194,21 +195,23 @@ def run_dataset(name, args, emb, variants, spec, work, log):
             S0 = r.score_batch(test.queries); SV = {vn: r.score_batch(texts[vn]) for vn in vnames}
             Sv_tune = tuner[rname].score_batch(tune.queries) if (test.kind == 'outcomes' and rname in tuner) else None
             cfg = {'router': rname, 'canonicalize': canon_on, **({'smooth': r.chosen} if hasattr(r, 'chosen') else {}), 'margins': {}}
-            for m in args.margins:
-                for tb in (('cheaper', 'capable') if m > 0 else ('cheaper',)):
-                    i0 = decide(S0, 'argmax', None, costs, m, tb)
+            rules = [(f'{m:g}' + ('' if m == 0 else f'/{tb}'), 'argmax', None, m, tb) for m in args.margins for tb in (('cheaper', 'capable') if m > 0 else ('cheaper',))]
+            if tiers is not None: rules += [(f'ordinal {lv:g}' if lv != 0.5 else 'ordinal', 'ordinal', lv, 0.0, 'cheaper') for lv in args.ordinal_levels]
+            for key, pol, par, m, tb in rules:
+                if True:
+                    i0 = decide(S0, pol, par, costs, m, tb)
                     res = {'quality': ev.route_value(i0, O, costs)[0], 'cost_rel': ev.route_value(i0, O, costs)[1] / costs[ref]}
                     if tiers is not None: res['accuracy'] = float((i0 == tiers).mean())
-                    pv = {vn: flip_stats(i0, decide(SV[vn], 'argmax', None, costs, m, tb), O, costs) for vn in vnames}
+                    pv = {vn: flip_stats(i0, decide(SV[vn], pol, par, costs, m, tb), O, costs) for vn in vnames}
                     res['argmax'] = summarise(pv, fam_of, held)
-                    if Sv_tune is not None: # the calibrated policy: λ for half the best single's cost, on the tuning split
+                    if Sv_tune is not None and pol == 'argmax': # the calibrated policy: λ for half the best single's cost, on the tuning split
                         lam = calibrate_lambda(Sv_tune, Ot, costs, budget, m, tb)
                         if lam is not None:
                             c0 = decide(S0, 'utility', lam, costs, m, tb)
                             q, c = ev.route_value(c0, O, costs)
                             res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
                             res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, held)
-                    cfg['margins'][f'{m:g}' + ('' if m == 0 else f'/{tb}')] = res
+                    cfg['margins'][key] = res
             if args.tag: cfg['tag'] = args.tag
             configs[f"{rname}{' +canon' if canon_on else ''}{args.tag}"] = cfg
             b = cfg['margins']['0']
@@ -230,21 +233,35 @@ def pick(res:dict, name:str)->dict:
                     for m, v in c['margins'].items()}
     return out
 
+SHOWN = ('0', '0.1/cheaper', '0.1/capable', 'ordinal')
+
 def markdown(out:dict)->str:
-    "The headline tables: robustness (seen / held-out), worst family, jumps and quality, per router and remedy."
+    "The headline tables: robustness (seen / held-out variants), worst family, jumps and quality, per router and remedy; then per family for each router's best."
     lines = []
     for name, res in out['datasets'].items():
         q = 'accuracy' if res['kind'] == 'tiers' else 'cal_quality'
-        lines += [f"### {name} ({res['n_test']} test requests, {len(out['meta']['variants'])} rewrite variants)", '',
-                  f"| router | remedies | robustness (seen) | held-out | worst family (flips) | flips > 1 target apart | max jump | {q} |", '|---|---|---:|---:|---|---:|---:|---:|']
+        lines += [f"### {name} ({res['n_test']} test requests rewritten, routers fitted on {res['n_fit']}; {len(out['meta']['variants'])} rewrite variants)", '',
+                  f"| router | remedies | robustness (seen) | held-out | worst family, seen (flips) | flips > 1 target apart (seen / held-out) | max jump | {q} |", '|---|---|---:|---:|---|---:|---:|---:|']
         for key, c in res['configs'].items():
             for m, v in c['margins'].items():
-                if m not in ('0', '0.1/cheaper', '0.2/cheaper', '0.1/capable'): continue
+                if m not in SHOWN: continue
                 a = v['argmax']['seen']; h = v['argmax']['heldout']
                 worst = max(a['families'].items(), key=lambda kv: kv[1]['flip_share'])
-                rem = ' + '.join(x for x in [('canonicalise' + (c.get('tag') or '') if c['canonicalize'] else ''), (f"margin {m}" if m != '0' else '')] if x) or '–'
+                dec = '' if m == '0' else ('ordinal decision' if m.startswith('ordinal') else f"margin {m}")
+                rem = ' + '.join(x for x in [('canonicalise' + (c.get('tag') or '') if c['canonicalize'] else ''), dec] if x) or '–'
                 lines.append(f"| {c['router']} | {rem} | {a['robustness']:.3f} | {h['robustness'] if h['robustness'] is None else round(h['robustness'], 3)} | "
-                             f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} | {a['max_jump']} | {v.get(q, float('nan')):.3f} |")
+                             f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} / {h['flips_over_1_apart']} | {max(a['max_jump'], h['max_jump'])} | {v.get(q, float('nan')):.3f} |")
+        lines.append('')
+        fams = list(dict.fromkeys(f['family'] for f in out['meta']['variants']))
+        lines += [f"Flip share per family, seen variants / held-out variants ({name}, margin 0 unless named):", '',
+                  '| router | remedies | ' + ' | '.join(fams) + ' |', '|---|---|' + '---:|' * len(fams)]
+        for key, c in res['configs'].items():
+            for m in ('0', 'ordinal'):
+                v = c['margins'].get(m)
+                if v is None: continue
+                cell = lambda f: '/'.join('–' if f not in v['argmax'][part]['families'] else f"{v['argmax'][part]['families'][f]['flip_share']:.1%}" for part in ('seen', 'heldout'))
+                rem = ' + '.join(x for x in [('canonicalise' if c['canonicalize'] else ''), ('ordinal' if m == 'ordinal' else '')] if x) or '–'
+                lines.append(f"| {c['router']} | {rem} | " + ' | '.join(cell(f) for f in fams) + ' |')
         lines.append('')
     return '\n'.join(lines)
 
@@ -273,7 +290,8 @@ def main():
     ap.add_argument('--heldout-per-family', type=int, default=1)
     ap.add_argument('--heldout-families', default=HELDOUT_FAMILIES, help="families with held-out variants to run ('all' for every family)")
     ap.add_argument('--all-variants', action='store_true', help='every variant in rewrites.json')
-    ap.add_argument('--routers', default='knn10,knn30,logreg,tfidf,hybrid')
+    ap.add_argument('--routers', default=KINDS)
+    ap.add_argument('--ordinal-levels', default='0.5', help='tier data: cumulative levels of the ordinal decision to measure (0.5: the median tier)')
     ap.add_argument('--no-canon', action='store_true')
     ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. adding final_punctuation')
     ap.add_argument('--only-canon', action='store_true', help='skip the routers without canonicalisation')
@@ -287,7 +305,7 @@ def main():
     ap.add_argument('--merge', nargs='+', help='join these result files into --out instead of running')
     args = ap.parse_args()
     if args.merge: return merge(args.merge, args.out)
-    args.margins = [float(m) for m in args.margins.split(',')]
+    args.margins = [float(m) for m in args.margins.split(',')]; args.ordinal_levels = [float(x) for x in args.ordinal_levels.split(',')]
     global LAMBDA_STRIDE; LAMBDA_STRIDE = args.lambda_stride
     t0, load0 = time.time(), os.getloadavg()
     log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
