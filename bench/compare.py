@@ -11,6 +11,7 @@ Writes bench/results/compare.json, compare.md, and per dataset compare_<dataset>
     python bench/compare.py --only llmrouter --folds 5
     python bench/compare.py --routers hybrid,mf,logreg --folds 0
     python bench/compare.py --render                 # rewrite the Markdown from compare.json
+    python bench/compare.py --part cv --routers stacked --merge   # add a router to an earlier run (same folds and seed)
 """
 import argparse, json, os, platform, shutil, sys, tempfile, time
 from pathlib import Path
@@ -34,7 +35,8 @@ LINEUP = {
     'knn (k=30)': ('knn', {'k': 30}),
     'logreg': ('linear', {'features': 'embedding', 'C': 1.0}),
     'tfidf': ('tfidf', {'C': 3.0}),
-        'hybrid': ('hybrid', {'k': 30, 'combine': 'stack', 'folds': 3}),
+    'hybrid': ('hybrid', {'k': 30, 'combine': 'stack', 'folds': 3}),
+    'stacked': ('stacked', {'k': 100, 'folds': 3}),
     'mf': ('mf', {'dim': 64, 'epochs': 400}),
 }
 
@@ -112,6 +114,24 @@ def artifacts_table(a:dict)->str:
     rows = [{'router': n, **v} for n, v in a.items()]
     return markdown_table(rows, ['router', 'kind', 'fit_s', 'artifact_mb', 'files', 'load_s', 'p50_ms', 'p99_ms', 'max_score_diff_vs_fitted'])
 
+def merge_part(new:dict, old:dict)->dict:
+    "Add to `new` (this run's result) the routers of an earlier run of the same part that this run left out: same data, folds and seed, so the rows compare."
+    from query_router.evaluate import _vs_baselines, _agg_rows
+    have = {r['router'] for r in new['rows']}
+    keep = [r for r in old['rows'] if r['router'] not in have and not r.get('baseline') and not r.get('simple_baseline')]
+    if not keep: return new
+    names = {r['router'] for r in keep}
+    pos = next((i for i, r in enumerate(new['rows']) if r.get('simple_baseline')), len(new['rows']))
+    new['rows'][pos:pos] = keep
+    new['curves'].update({n: c for n, c in old['curves'].items() if n in names})
+    if old.get('artifacts'): new.setdefault('artifacts', {}).update({n: a for n, a in old['artifacts'].items() if n in names})
+    if old.get('fold_rows') and new.get('fold_rows'):
+        for fr_new, fr_old in zip(new['fold_rows'], old['fold_rows']): fr_new.extend(r for r in fr_old if r['router'] in names)
+    new['meta']['lineup'] = {**{n: v for n, v in old['meta'].get('lineup', {}).items() if n in names}, **new['meta'].get('lineup', {})}
+    new['meta']['vs_baselines'] = _vs_baselines(new['rows'], new['meta']['simple_baselines'])
+    new['meta']['merged'] = {'routers': sorted(names), 'from': old['meta'].get('wall_s') and 'an earlier run of this part (same data, folds and seed)'}
+    return new
+
 def render(out):
     md = ['# Router comparison (measured)', '', f"Command: `{out['command']}`. Machine: {out['machine']['cpus']} CPUs, shared "
           f"(load average {out['machine']['loadavg_start']:.1f} at the start, {out['machine'].get('loadavg_end', float('nan')):.1f} at the end): timings are comparable within a table, not across machines.", '']
@@ -142,6 +162,7 @@ def main():
     p.add_argument('--folds', type=int, default=5, help='k of the cross-validation on LLMRouter train')
     p.add_argument('--cal-folds', type=int, default=5, help='folds of the out-of-fold calibration')
     p.add_argument('--n-latency', type=int, default=100)
+    p.add_argument('--merge', action='store_true', help="keep the routers of the part's earlier result that this run leaves out (same data, folds, seed)")
     p.add_argument('--render', action='store_true', help='only collect the parts into compare.json and rewrite the Markdown and PNGs')
     args = p.parse_args()
     if not args.render:
@@ -163,6 +184,11 @@ def main():
                     res['meta']['lineup'] = {n: {'kind': LINEUP[n][0], 'options': LINEUP[n][1]} for n in names}
                 else: res, _ = run(part, argparse.Namespace(**{**vars(args), 'folds': 0}), emb, work)
             emb.save()
+            prev = RESULTS/f'compare_part_{part}.json'
+            if args.merge and prev.exists():
+                old = json.loads(prev.read_text())
+                res = merge_part(json.loads(json.dumps(res, default=float)), old['result'])
+                out['command'] += f" (merged with: {old['command']})"
             out['machine']['loadavg_end'] = os.getloadavg()[0]
             out['result'] = res
             (RESULTS/f'compare_part_{part}.json').write_text(json.dumps(out, indent=1, default=float))

@@ -125,7 +125,8 @@ def _maybe_recover(out:Path):
 
 # %% ../nbs/03a_artifacts.ipynb #806d88cf
 ROUTER_KINDS = {'knn': 'query_router.knn:KNNRouter', 'classifier': 'query_router.classifier:ClassifierRouter',
-                'linear': 'query_router.linear:LinearRouter', 'hybrid': 'query_router.linear:HybridRouter', 'mf': 'query_router.mf:MFRouter'}
+                'linear': 'query_router.linear:LinearRouter', 'hybrid': 'query_router.linear:HybridRouter', 'mf': 'query_router.mf:MFRouter',
+                'stacked': 'query_router.stacked:StackedRouter'}
 NEEDS_EMBEDDER = {'knn'} # kinds whose manifest must describe an embedder
 
 def _is_num(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

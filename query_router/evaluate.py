@@ -824,7 +824,8 @@ def default_routers(embedder:Embedder|None=None, # shared embedder (default: the
                     k:int=10, # neighbours of the plain KNN router
                     names=None, # subset of the routers to return
                    )->dict:
-    "name -> factory for the standard line-up of routers."
+    "name -> factory for the standard line-up of routers: the servable kinds that `query-router build` writes (each fitted router saves as an artifact)."
+    from query_router.build import make_router
     memo, lazy = {}, {'emb': embedder}
     def emb():
         if lazy['emb'] is None: lazy['emb'] = CachedEmbedder()
@@ -833,12 +834,13 @@ def default_routers(embedder:Embedder|None=None, # shared embedder (default: the
         key = (name, _key(d))
         if key not in memo: memo[key] = make(d)
         return memo[key]
-    knn = lambda kk: (lambda d: once(f'knn{kk}', d, lambda d: fit_knn(d, emb(), kk, workdir)))
-    logreg = lambda d: once('logreg', d, lambda d: LogRegRouter(emb()).fit(d))
-    tfidf = lambda d: once('tfidf', d, lambda d: TfidfRouter().fit(d))
-    out = {f'knn (k={k})': knn(k), 'knn (k=30)': knn(30), 'logreg': logreg, 'tfidf': tfidf,
-           'hybrid': lambda d: EnsembleRouter([knn(30)(d), logreg(d), tfidf(d)]),
-           'length': lambda d: once('length', d, lambda d: LengthRouter().fit(d))}
+    built = lambda name, kind, needs_emb=True, **o: (lambda d: once(name, d, lambda d: make_router(kind, emb() if needs_emb else None, **o).fit(d)))
+    out = {f'knn (k={k})': built(f'knn{k}', 'knn', k=k), 'knn (k=30)': built('knn30', 'knn', k=30),
+           'logreg': built('logreg', 'linear', features='embedding'), 'tfidf': built('tfidf', 'tfidf', False),
+           'hybrid': built('hybrid', 'hybrid', k=30, folds=3), # the stacked KNN + logistic + TF-IDF router (`--router hybrid`)
+           'stacked': built('stacked', 'stacked'), # task prior + KNN + logistic, stacked (`--router stacked`)
+           'mf': built('mf', 'mf'),
+           'length': built('length', 'length', False)}
     if k == 30: out.pop('knn (k=30)')
     if names is not None:
         unknown = [n for n in names if n not in out and n not in {x.split(' ')[0] for x in out} and n not in EXTRA_ROUTERS]
@@ -908,7 +910,7 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
                  test:str=None, # a separate test file (then --data is all training data)
                  candidates:str=None, # candidates JSON with the targets' costs
                  split:str='grouped', # how to split --data without --test: grouped, chronological or random
-                 routers:str=None, # comma-separated routers (default: all): knn, logreg, tfidf, hybrid, length
+                 routers:str=None, # comma-separated routers (default: all): knn, logreg, tfidf, hybrid, stacked, mf, length
                  k:int=10, # neighbours of the plain KNN router
                  budget:float=0.5, # cost budget to calibrate λ for, as a share of the best single candidate's cost
                  budgets:str='0.12', # more budgets to report, comma-separated shares
@@ -952,7 +954,7 @@ def evaluate_cli(data:str='default', # 'default' (embedded dataset), 'llmrouter'
     names = [n.strip() for n in routers.split(',')] if routers else None
     default_routers(names=names) # unknown names fail here, before any work
     emb = None
-    if names is None or any(n.split(' ')[0] in ('knn', 'logreg', 'hybrid') for n in names):
+    if names is None or any(n.split(' ')[0] in ('knn', 'logreg', 'hybrid', 'stacked', 'mf') for n in names):
         emb = CachedEmbedder(cache_dir=None if cache == 'none' else (cache or cache_root()/'embeddings'))
     cv_how = 'grouped' if (split == 'grouped' and data != 'llmrouter' and tr.groups is not None) else 'random'
     with tempfile.TemporaryDirectory(prefix='qr-eval-') as work:

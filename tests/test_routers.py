@@ -3,6 +3,7 @@ import json, os, numpy as np, pandas as pd, pytest
 from pathlib import Path
 
 KINDS = {'linear': {}, 'tfidf': {'max_features': 2000}, 'length': {}, 'hybrid': {'k': 5, 'folds': 3, 'max_features': 2000},
+         'stacked': {'k': 20, 'folds': 3, 'max_features': 2000, 'clusters': 4},
          'mf': {'dim': 8, 'epochs': 60}, 'knn': {'k': 5}}
 
 @pytest.fixture(scope='module')
@@ -81,6 +82,41 @@ def test_hybrid_k_reaches_knn(outcome_data, embedder):
     a = HybridRouter(embedder, k=3, folds=2, max_features=500, combine='mean').fit(outcome_data)
     b = HybridRouter(embedder, k=40, folds=2, max_features=500, combine='mean').fit(outcome_data)
     assert a.k == 3 and not np.allclose(a.score_batch(outcome_data.queries[:20]), b.score_batch(outcome_data.queries[:20]))
+
+def _tasks_data(n=240, seed=0):
+    "Outcome data with 4 tasks whose candidates' success rates differ by task; the task shows in the words of the query."
+    from query_router.core import Candidate
+    from query_router.data import load_routing_data
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 4, n); rate = np.array([[.9, .9, .9], [.1, .2, .9], [.1, .8, .9], [.0, .1, .2]])
+    S = (rng.random((n, 3)) < rate[g]).astype(float)
+    words = ['solve the equation for x', 'what is the capital of', 'write a python function that', 'prove the theorem about']
+    df = pd.DataFrame({'id': [f'q{i}' for i in range(n)], 'query': [f'{words[x]} {rng.integers(10**6)}' for x in g], 'task': [f't{x}' for x in g],
+                       **{f'm{j}': S[:, j] for j in range(3)}})
+    cands = [Candidate(f'm{j}', input_price_per_mtok=p, output_price_per_mtok=p) for j, p in enumerate((0.1, 0.3, 1.0))]
+    return load_routing_data(df, cands, score_cols=['m0', 'm1', 'm2'], group_col='task'), g, rate
+
+def test_stacked_learns_the_task_prior(embedder, tmp_path):
+    "The stacked router reads the task from the text (no task name at serve time) and its scores approach each task's success rates."
+    from query_router.stacked import StackedRouter
+    from query_router.artifacts import load_router, load_manifest
+    d, g, rate = _tasks_data()
+    r = StackedRouter(embedder, k=20, folds=3, max_features=2000).fit(d)
+    assert r.group_source == 'groups' and r.groups == ['t0', 't1', 't2', 't3']
+    E = np.asarray(embedder.encode(d.queries)); P = r.task_probs(E, r.tfidf.transform(d.queries))
+    assert (P.argmax(1) == g).mean() > 0.95
+    np.testing.assert_allclose(r.members['table'], [S.mean(0) for S in (d.scores()[g == t] for t in range(4))], atol=0.05) # shrunk means, near the raw means
+    s = r.score_batch(d.queries)
+    assert np.abs(s - rate[g]).mean() < 0.12, np.abs(s - rate[g]).mean()
+    dn, gn, _ = _tasks_data(80, seed=1) # new queries of the same tasks
+    assert np.abs(r.score_batch(dn.queries) - rate[gn]).mean() < 0.15
+    p = r.save(tmp_path/'st')
+    assert load_manifest(p, verify=True)['kind'] == 'stacked'
+    np.testing.assert_allclose(load_router(p, embedder=embedder).score_batch(dn.queries), r.score_batch(dn.queries), atol=1e-5)
+
+def test_stacked_refuses_too_little_data(embedder, outcome_data):
+    from query_router.stacked import StackedRouter
+    with pytest.raises(ValueError, match='at least 6 training queries'): StackedRouter(embedder, folds=3).fit(outcome_data.subset(range(4)))
 
 def test_cli_build_kinds(tmp_path, outcome_data):
     from query_router.cli import main
