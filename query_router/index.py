@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['INDEX_KINDS', 'INDEX_FILES', 'NPROBE_LADDER', 'npy_header', 'iter_npy_rows', 'exact_search', 'index_settings',
-           'check_index_settings', 'build_index', 'nearest_centroid', 'spherical_kmeans', 'default_nlist', 'ivf_layout',
-           'permute_npy', 'Index', 'ExactIndex', 'AnnoySearch', 'HnswSearch', 'load_ivf', 'IvfSearch', 'open_index',
-           'recall_at_k', 'calibration_queries', 'calibrate_nprobe']
+__all__ = ['INDEX_KINDS', 'INDEX_FILES', 'NPROBE_LADDER', 'npy_header', 'iter_npy_rows', 'exact_search', 'exact_search_npy',
+           'index_settings', 'check_index_settings', 'build_index', 'nearest_centroid', 'spherical_kmeans',
+           'default_nlist', 'ivf_layout', 'permute_npy', 'Index', 'ExactIndex', 'AnnoySearch', 'HnswSearch', 'load_ivf',
+           'IvfSearch', 'open_index', 'recall_at_k', 'calibration_queries', 'calibrate_nprobe']
 
 # %% ../nbs/03b_index.ipynb #fe2d3204
 def npy_header(path)->tuple[tuple, np.dtype, int]:
@@ -58,6 +58,19 @@ def exact_search(q:np.ndarray, # (n, dim) or (dim,) unit query vectors
     start = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=len(q)))[:-1]])
     take = start[:, None] + np.arange(k)
     return c[take].astype(np.int64), v[take].astype(np.float32)
+
+def exact_search_npy(q:np.ndarray, # (n, dim) or (dim,) unit query vectors
+                     path, # a 2-d `.npy` file of unit vectors
+                     k:int, # neighbours
+                     chunk:int=65536, # rows read at a time
+                    )->tuple[np.ndarray, np.ndarray]:
+    "`exact_search` over a `.npy` file read in chunks, nothing mapped: memory stays at one chunk (builds use it to keep their peak RSS bounded)."
+    q = np.atleast_2d(np.asarray(q, dtype=np.float32)); I, S = [], []
+    for s, a in iter_npy_rows(path, chunk):
+        i, v = exact_search(q, a, k); I.append(i + s); S.append(v)
+    i, v = np.concatenate(I, 1), np.concatenate(S, 1)
+    o = np.lexsort((i, -v), axis=-1)[:, :k]
+    return np.take_along_axis(i, o, 1), np.take_along_axis(v, o, 1)
 
 # %% ../nbs/03b_index.ipynb #af265204
 INDEX_KINDS = ('annoy', 'hnsw', 'ivf', 'exact')
@@ -178,8 +191,8 @@ def ivf_layout(emb_path, # a 2-d `.npy` of unit vectors
     "Centroids, the row order that makes every list contiguous (`order[r]` = the input row stored at row `r`), and each list's first row (`nlist + 1` offsets)."
     (n, _), _, _ = npy_header(emb_path)
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n, max(sample or 0, 32 * nlist, 65536)), replace=False))
-    x = np.load(emb_path, mmap_mode='r')
-    c = spherical_kmeans(np.asarray(x[rows], dtype=np.float32), nlist, iters, seed); del x
+    x = np.load(emb_path, mmap_mode='r'); smp = np.asarray(x[rows], dtype=np.float32); del x # the sample read, the map let go
+    c = spherical_kmeans(smp, nlist, iters, seed); del smp
     ids = np.empty(n, np.int32)
     for s, a in _chunks(emb_path, chunk, progress, 'ivf: assigning'): ids[s:s + len(a)] = nearest_centroid(a, c)[0]
     order = np.argsort(ids, kind='stable')
@@ -211,7 +224,7 @@ def _build_ivf(settings, emb_path, folder, progress, chunk):
     with open(path, 'wb') as f: np.savez(f, centroids=c, offsets=offsets, order=order.astype(np.int64))
     if not settings.get('nprobe'):
         ix = IvfSearch(settings, np.load(emb_path, mmap_mode='r'), path, nprobe=1)
-        settings['nprobe'], settings['calibration'] = calibrate_nprobe(ix, settings.get('k', 10), settings.get('target_recall', 0.97), seed=settings.get('seed', 0))
+        settings['nprobe'], settings['calibration'] = calibrate_nprobe(ix, settings.get('k', 10), settings.get('target_recall', 0.97), seed=settings.get('seed', 0), path=emb_path)
     return path.name
 
 # %% ../nbs/03b_index.ipynb #be431241
@@ -328,10 +341,11 @@ def calibrate_nprobe(ix, # an `IvfSearch`
                      k:int=10, # neighbours
                      target:float=0.97, # recall@k to reach
                      n:int=200, seed:int=0, # calibration queries
+                     path=None, # the embeddings' `.npy`: the exact answers are computed reading it in chunks (nothing stays mapped)
                     )->tuple[int, dict]:
     "The smallest `nprobe` of `NPROBE_LADDER` (or all lists) whose recall@k on `calibration_queries` reaches `target`, and what was measured."
     q = calibration_queries(ix.embeddings, n, seed=seed); k = min(k, len(ix.embeddings))
-    truth, _ = exact_search(q, ix.embeddings, k)
+    truth, _ = exact_search_npy(q, path, k) if path is not None else exact_search(q, ix.embeddings, k)
     nl = len(ix.centroids); tried = {}
     for p in [v for v in NPROBE_LADDER if v < nl] + [nl]:
         ix.nprobe = p; tried[p] = r = recall_at_k(ix.search(q, k)[0], truth)
