@@ -4,7 +4,7 @@
 
 # %% ../nbs/03b_index.ipynb #53fbe43d
 from __future__ import annotations
-import os, time
+import contextlib, os, time
 from pathlib import Path
 import numpy as np
 
@@ -282,6 +282,17 @@ def load_ivf(path, # an `index.ivf.npz`
         raise ArtifactError(f"{path}: list offsets do not cover the {n} points of manifest.json field 'n_points' (the index does not match the embeddings)")
     return c, off
 
+def _one_blas_thread():
+    "A context that keeps BLAS on the calling thread: a search is a handful of small products, and waking BLAS's other threads costs more than it saves (35 ms instead of 0.05 ms per product on a busy machine)."
+    global _BLAS
+    try:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+            _BLAS = ThreadpoolController()
+        return _BLAS.limit(limits=1, user_api='blas')
+    except Exception: return contextlib.nullcontext() # threadpoolctl missing or failing: slower, same answers
+_BLAS = None
+
 class IvfSearch(Index):
     kind = 'ivf'
     def __init__(self, settings, embeddings, path, nprobe:int|None=None):
@@ -291,6 +302,8 @@ class IvfSearch(Index):
         self.nprobe = nprobe or settings['nprobe']
     def __len__(self): return int(self.offsets[-1])
     def search(self, q, k):
+        with _one_blas_thread(): return self._search(q, k)
+    def _search(self, q, k):
         q = np.atleast_2d(np.asarray(q, dtype=np.float32)); k = min(k, len(self.x))
         p = min(self.nprobe, len(self.centroids)); cs = q @ self.centroids.T
         probe = np.argpartition(-cs, p - 1, axis=1)[:, :p] if p < cs.shape[1] else np.broadcast_to(np.arange(p), cs.shape)
