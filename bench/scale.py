@@ -1,7 +1,10 @@
 """Artifacts at scale (issue 14): build, size, load and search a KNN artifact of 100k (and 1M) points, per index kind.
 Writes bench/results/scale.json.
 
-    python bench/scale.py [--sizes 100000,1000000] [--kinds annoy,hnsw] [--emb_cache DIR] [--work DIR]
+    python bench/scale.py --sizes 100000 1000000 --kinds ivf annoy hnsw [--emb_cache DIR] [--work DIR] [--timeout S]
+
+(sizes and kinds: space- or comma-separated). Each (size, kind) run replaces its entry in the JSON; entries from
+earlier runs that were not rerun stay, marked with the time they were measured (`measured_at`).
 
 Synthetic recipe (256-d, deterministic, seed 0):
   - base: the 2,296 queries of the embedded default dataset, embedded with the bundled all-MiniLM-L6-v2 (384-d),
@@ -108,12 +111,13 @@ def child_load(a):
     res['exact_p50_ms'] = round(float(np.median(te)) * 1e3, 2) # one query, the whole memory-mapped matrix in blocks
     truth = {name: exact_search(q, r.embeddings, 10)[0] for name, q in (('held_out_real', real), ('in_distribution', ind))} # all queries in one pass
     kind = r.manifest['settings']['index']['kind']
-    sweep = {'annoy': ('search_k', [None, 5000, 10000, 20000, 50000]), 'hnsw': ('ef', [None, 50, 100, 400]), 'exact': (None, [None])}[kind]
+    sweep = {'annoy': ('search_k', [None, 5000, 10000, 20000, 50000]), 'hnsw': ('ef', [None, 50, 100, 400]), 'ivf': ('nprobe', [None, 8, 16, 32, 64]), 'exact': (None, [None])}[kind]
     if a.sweep: sweep = (sweep[0], [int(v) for v in a.sweep.split(',')])
     res['search'] = []
     for val in sweep[1]:
         if val is not None and kind == 'annoy': r.index.search_k = val
         if val is not None and kind == 'hnsw': r.index.ef = val
+        if val is not None and kind == 'ivf': r.index.nprobe = val
         eff = val if val is not None else r.manifest['settings']['index'].get(sweep[0]) if sweep[0] else None
         row = {sweep[0] or 'setting': eff, 'default': val is None}
         for name, q in (('held_out_real', real), ('in_distribution', ind)):
@@ -127,6 +131,18 @@ def child_load(a):
     res['rss_end_mb'] = round(rss_mb(), 1)
     return res
 
+RECOMMENDED = {'large': 'ivf'} # the README's recommendation from 100,000 points up
+
+def bars(runs:dict)->dict:
+    "Issue 14's bars at 1M points for the recommended kind (its default search setting), from the runs measured."
+    r = runs.get(f"1000000:{RECOMMENDED['large']}")
+    if not r: return {'measured': False}
+    d = next(s for s in r['search'] if s['default'])
+    got = {'build_s < 1200': r['build_s'] < 1200, 'peak_rss_mb < 2048': r['peak_rss_mb'] < 2048, 'load_s < 3': r['load_s'] < 3,
+           'rss_after_load_mb < 1024': r['rss_after_load_mb'] < 1024, 'held_out_real p50_ms < 1': d['held_out_real']['p50_ms'] < 1,
+           'held_out_real recall_at_10 >= 0.95': d['held_out_real']['recall_at_10'] >= 0.95}
+    return {'index': RECOMMENDED['large'], 'measured_at': r.get('measured_at'), **got, 'all': all(got.values())}
+
 def run_child(args, timeout):
     cmd = [sys.executable, __file__, *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -139,11 +155,12 @@ def main():
     ap.add_argument('--n_trees', type=int, default=50); ap.add_argument('--dtype', default='float32'); ap.add_argument('--vectors')
     ap.add_argument('--ef_construction', type=int, default=None) # hnsw build effort (default: the index's, 200)
     ap.add_argument('--sweep', default=None) # child load: search_k / ef values to measure instead of the default sweep
-    ap.add_argument('--sizes', default='100000'); ap.add_argument('--kinds', default='annoy,hnsw')
+    ap.add_argument('--sizes', nargs='+', default=['100000']); ap.add_argument('--kinds', nargs='+', default=['ivf', 'annoy', 'hnsw'])
     ap.add_argument('--emb_cache', default=str(Path.home()/'.cache'/'query_router'/'embeddings'))
     ap.add_argument('--work', default='/tmp/qr-scale'); ap.add_argument('--timeout', type=int, default=7200)
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'scale.json'))
     a = ap.parse_args()
+    split = lambda v: [p for x in v for p in str(x).split(',') if p]
     if a.child == 'build': print(json.dumps(child_build(a))); return
     if a.child == 'load': print(json.dumps(child_load(a))); return
     work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
@@ -152,14 +169,16 @@ def main():
     ind = next(synth_chunks(base, labels, 200, seed=SEED + 1))[1]
     np.savez(vec, base=base, labels=np.array(labels), real=real, in_dist=ind)
     import annoy, hnswlib
+    t_all = time.perf_counter()
     out = Path(a.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     res.update({'recipe': __doc__.split('Synthetic recipe')[1].split('Recall@10')[0].strip(), 'dim': DIM, 'sigma': SIGMA,
                 'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'python': platform.python_version(), 'numpy': np.__version__},
-                'loadavg_start': os.getloadavg()})
+                'loadavg_start': os.getloadavg(), 'command': 'python bench/scale.py ' + ' '.join(sys.argv[1:]), 'started_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})
     res.setdefault('runs', {})
-    for n in map(int, a.sizes.split(',')):
-        for kind in a.kinds.split(','):
+    for v in res['runs'].values(): v.setdefault('measured_at', 'an earlier run (before the ivf index), not rerun since')
+    for n in map(int, split(a.sizes)):
+        for kind in split(a.kinds):
             d = work/f'{kind}-{n}'
             key = f'{n}:{kind}'
             print(f'[{time.strftime("%H:%M:%S")}] build {key} (load {os.getloadavg()[0]:.1f})', flush=True)
@@ -169,8 +188,9 @@ def main():
             subprocess.run(['sync']); 
             l = run_child(['--child', 'load', '--dir', str(d), '--vectors', str(vec)], a.timeout)
             print(f'  {json.dumps(l)}', flush=True)
-            res['runs'][key] = {'n': n, 'index': kind, 'dtype': a.dtype, **b, **l, 'loadavg': os.getloadavg()}
-            res['loadavg_end'] = os.getloadavg()
+            res['runs'][key] = {'n': n, 'index': kind, 'dtype': a.dtype, **b, **l, 'loadavg': os.getloadavg(), 'measured_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
+            res['loadavg_end'] = os.getloadavg(); res['wall_s'] = round(time.perf_counter() - t_all, 1)
+            res['bars_1m'] = bars(res['runs'])
             out.parent.mkdir(parents=True, exist_ok=True); out.write_text(json.dumps(res, indent=1))
     print(f'wrote {out}')
 

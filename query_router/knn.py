@@ -84,9 +84,9 @@ def write_knn(out, # the artifact folder to create or replace
               embedder, # `Embedder` or its `describe()` dict
               settings:dict|None=None, # router defaults (k, policy, param)
               extra:dict|None=None, # more manifest entries
-              index:str='annoy', # annoy, hnsw or exact
+              index:str='annoy', # annoy, hnsw, ivf (large sets) or exact
               n_trees:int=50, # annoy trees
-              index_params:dict|None=None, # more `index_settings` (search_k, M, ef_construction, ef, seed, threads)
+              index_params:dict|None=None, # more `index_settings` (search_k, M, ef_construction, ef, nlist, nprobe, seed, threads)
               dtype:str='float32', # embeddings on disk: float32 or float16
               keep_text:bool=True, # store the points' query text (False for private data)
               index_file=None, # an already built index file over the same points to copy instead of building one
@@ -121,10 +121,31 @@ def write_knn(out, # the artifact folder to create or replace
         for w in cw.values(): files.update(w.close())
         if index_file is not None: shutil.copyfile(index_file, tmp/INDEX_FILES[index])
         else: build_index(s['index'], tmp/'embeddings.npy', tmp, progress)
+        if index == 'ivf': # the embeddings are now in list order: the other files follow
+            with np.load(tmp/INDEX_FILES['ivf']) as z: order = z['order']
+            files.pop('embeddings.npy') # rewritten: checksummed by write_artifact
+            files.update(_permute_rows(tmp, order, cols, progress))
         got = {'files': files, 'metric': 'angular', 'n_points': n, 'dim': dim, 'dtype': dtype, 'columns': cols}
         if index == 'annoy': got['n_trees'] = s['index']['n_trees']
         return got
     return write_artifact(out, 'knn', write_files, embedder=embedder, targets=targets, settings=s, extra=extra, verify=verify, lock_timeout=lock_timeout, copy_embedder=copy_embedder)
+
+def _permute_rows(tmp:Path, order:np.ndarray, cols:list[str], progress:bool, chunk:int=65536)->dict:
+    "Rewrite scores.npy and the string columns with row `r` = input row `order[r]`, in chunks; return their checksums."
+    from tqdm.auto import tqdm
+    stage = tmp/'.permuted'; stage.mkdir()
+    sc = np.load(tmp/'scores.npy', mmap_mode='r'); n = len(order)
+    sw = NpyWriter(stage/'scores.npy', sc.shape, np.float32)
+    src = {c: StrColumn(tmp, c) for c in cols}; cw = {c: StrColumnWriter(stage, c, n) for c in cols}
+    for s in tqdm(range(0, n, chunk), desc='ivf: reordering', disable=not progress):
+        rows = order[s:s + chunk]; sw.write(np.asarray(sc[rows]))
+        for c in cols: cw[c].add([src[c][i] for i in rows.tolist()])
+    del sc, src
+    files = sw.close()
+    for w in cw.values(): files.update(w.close())
+    for f in files: os.replace(stage/f, tmp/f)
+    stage.rmdir()
+    return files
 
 def _array_chunks(meta:list[dict], x:np.ndarray, scores:np.ndarray, chunk:int):
     for s in range(0, len(x), chunk):
@@ -290,6 +311,7 @@ class KNNRouter(Router):
                  verify:bool=False, # check every file's SHA-256 on load (the cheap checks always run)
                  search_k:int|None=None, # Annoy nodes to inspect per query (default: the artifact's settings, 4 · n_trees · k; -1 is Annoy's n_trees · k)
                  ef:int|None=None, # hnsw candidates explored per query (default: the artifact's settings)
+                 nprobe:int|None=None, # ivf lists scanned per query (default: the artifact's settings, measured at build)
                  manifest:dict|None=None, # the manifest, already validated by `load_manifest` (from `load_router`)
                 ):
         self.path = p = Path(path)
@@ -319,8 +341,8 @@ class KNNRouter(Router):
         self.costs = None if any(c is None for c in costs) else np.array(costs, dtype=float)
         self.k, self.exact = k or s.get('k', 10), exact
         self.default_policy, self.default_param = s.get('policy', 'argmax'), s.get('param')
-        self.index = open_index(s['index'], p, self.embeddings, search_k=search_k, ef=ef)
-        got = self.index.index.get_n_items() if s['index']['kind'] == 'annoy' else self.index.index.get_current_count() if s['index']['kind'] == 'hnsw' else n
+        self.index = open_index(s['index'], p, self.embeddings, search_k=search_k, ef=ef, nprobe=nprobe)
+        got = len(self.index)
         if got != n: raise ArtifactError(f"{p/INDEX_FILES[s['index']['kind']]}: holds {got} points, manifest.json field 'n_points' says {n}")
     @classmethod
     def load(cls, path, manifest:dict, **kw):
@@ -367,7 +389,7 @@ def export_artifact(path, # a KNN artifact folder
                     chunk:int=65536, # points read at a time
                     progress:bool=True,
                    )->dict:
-    "Write the original's points.jsonl / targets.jsonl (and candidates.json) from a KNN artifact; return their paths."
+    "Write the original's points.jsonl / targets.jsonl (and candidates.json) from a KNN artifact, in the order the points came (an ivf artifact stores them in list order); return their paths."
     from tqdm.auto import tqdm
     path, out = Path(path), Path(out); m = load_manifest(path)
     if m['kind'] != 'knn': raise ArtifactError(f"{path}: holds a {m['kind']!r} router; only KNN artifacts export to points/targets files")
@@ -375,18 +397,25 @@ def export_artifact(path, # a KNN artifact folder
     n, names = m['n_points'], [t['name'] for t in m['targets']]
     x = _npy(path/'embeddings.npy', (n, m['dim']), (m['dtype'],), 'dim'); sc = np.load(path/'scores.npy', mmap_mode='r')
     cols = {c: StrColumn(path, c) for c in m['columns']}
+    rows = np.arange(n)
+    if m['settings']['index']['kind'] == 'ivf':
+        with np.load(path/INDEX_FILES['ivf']) as z: order = z['order']
+        if order.shape != (n,): raise ArtifactError(f"{path/INDEX_FILES['ivf']}: order of shape {order.shape}, expected ({n},) from manifest.json field 'n_points'")
+        rows = np.argsort(order) # input position -> row
     out.mkdir(parents=True, exist_ok=True)
     def points():
         for s in tqdm(range(0, n, chunk), desc='export', disable=not progress):
-            e = np.round(np.asarray(x[s:s + chunk], dtype=np.float32), 6).tolist()
-            for i, v in enumerate(e, s):
+            rr = rows[s:s + chunk]
+            e = np.round(np.asarray(x[rr], dtype=np.float32), 6).tolist()
+            for i, v in zip(rr.tolist(), e):
                 o = {'point_uid': cols['ids'][i], 'category': cols['category'][i] or None if 'category' in cols else None}
                 if 'text' in cols and cols['text'][i]: o['utterance'] = cols['text'][i]
                 o['embedding'] = v
                 yield o
     def targets():
         for s in range(0, n, chunk):
-            for i, row in enumerate(np.asarray(sc[s:s + chunk]), s):
+            rr = rows[s:s + chunk]
+            for i, row in zip(rr.tolist(), np.asarray(sc[rr])):
                 for t, v in zip(names, row.tolist()):
                     if v != 0: yield {'point_uid': cols['ids'][i], 'target': t, 'score': v}
     write_jsonl(out/'points.jsonl', points()); write_jsonl(out/'targets.jsonl', targets())
@@ -455,9 +484,11 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               n_trees:int=50, # Annoy trees
               no_canonicalize:bool=False, # embed the text as it is (default: strip greetings, chat templates and other wrapping that carries no task)
               k:int=30, # default neighbours stored in the manifest (30: steadier under rewrites and more accurate than 10 on the default data)
-              index:str='annoy', # annoy (default), hnsw, or exact (small sets)
+              index:str='annoy', # annoy (default), ivf (large sets: 100,000 points and more), hnsw, or exact (small sets)
               search_k:int=None, # annoy: nodes inspected per query (default 4 · n_trees · k)
               ef:int=None, # hnsw: candidates explored per query (default 200)
+              nlist:int=None, # ivf: lists (default 4·√points)
+              nprobe:int=None, # ivf: lists scanned per query (default: measured at build on the artifact's own points)
               float16:bool=False, # store embeddings as float16 (half the size)
               no_text:bool=False, # do not store the query text (private data)
               seed:int=0, # index build seed
@@ -466,7 +497,7 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
     "Build a KNN router artifact folder."
     t = time.time()
     p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
-                        keep_text=not no_text, index_params={kk: v for kk, v in (('search_k', search_k), ('ef', ef), ('seed', seed)) if v is not None})
+                        keep_text=not no_text, index_params={kk: v for kk, v in (('search_k', search_k), ('ef', ef), ('nlist', nlist), ('nprobe', nprobe), ('seed', seed)) if v is not None})
     m = load_manifest(p, verify=verify)
     print(f"built {p}: {m['n_points']} points, {m['dim']}-d, index {m['settings']['index']['kind']}, targets {[t['name'] for t in m['targets']]}, {time.time() - t:.1f}s"
           + (', every checksum verified' if verify else ''))
