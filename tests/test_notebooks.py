@@ -59,3 +59,14 @@ def test_plots_shown_inline(path):
         s = _src(c)
         if c['cell_type'] != 'code' or s.startswith('#| export') or 'plt.subplots' not in s and 'plt.figure' not in s: continue
         assert re.search(r'plt\.show\(\)|display\(|^fig\s*$', s, re.M), f'{path.name}: cell {i} draws a figure without showing it'
+
+def test_figures_display_inline_in_a_kernel():
+    "The evaluation plots return a matplotlib Figure (outside pyplot); in a Jupyter kernel it must display as an image, not as `<Figure size ...>`."
+    nbformat, nbclient = pytest.importorskip('nbformat'), pytest.importorskip('nbclient')
+    pytest.importorskip('ipykernel'); pytest.importorskip('matplotlib')
+    import os
+    root = str(Path(__file__).resolve().parent.parent)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import sys; sys.path.insert(0, {root!r})\nfrom query_router.evaluate import _figure\nf = _figure(); f.subplots().plot([1, 2]); f")])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name='python3', resources={'metadata': {'path': root}}).execute()
+    assert any('image/png' in o.get('data', {}) for o in nb.cells[0].outputs), nb.cells[0].outputs
