@@ -752,7 +752,10 @@ def report_markdown(res:dict, title:str='Router comparison')->str:
 # %% ../nbs/08_evaluate.ipynb #8e9e13bd
 def _figure(**kw):
     "A matplotlib figure outside pyplot's state: returned, it shows inline once in a notebook, and scripts never leak it."
-    import matplotlib.pyplot # noqa: F401 (sets up the notebook's inline display of figures)
+    import sys
+    if 'ipykernel' in sys.modules: # Jupyter: importing the inline backend registers how figures display (pyplot loads it only for its own first figure)
+        try: import matplotlib_inline.backend_inline # noqa: F401
+        except ImportError: pass
     from matplotlib.figure import Figure
     return Figure(**kw)
 
