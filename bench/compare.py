@@ -114,6 +114,13 @@ def artifacts_table(a:dict)->str:
     rows = [{'router': n, **v} for n, v in a.items()]
     return markdown_table(rows, ['router', 'kind', 'fit_s', 'artifact_mb', 'files', 'load_s', 'p50_ms', 'p99_ms', 'max_score_diff_vs_fitted'])
 
+def order_rows(res:dict)->dict:
+    "Baselines first, then the routers in `LINEUP` order (others after), then the simple baselines: merged runs read like one."
+    rank = {n: i for i, n in enumerate(LINEUP)}
+    key = lambda r: (0, 0) if r.get('baseline') else (2, 0) if r.get('simple_baseline') else (1, rank.get(r['router'], len(rank)))
+    res['rows'] = sorted(res['rows'], key=key) # stable: baselines keep their order
+    return res
+
 def merge_part(new:dict, old:dict)->dict:
     "Add to `new` (this run's result) the routers of an earlier run of the same part that this run left out: same data, folds and seed, so the rows compare."
     from query_router.evaluate import _vs_baselines, _agg_rows
@@ -137,6 +144,7 @@ def render(out):
           f"(load average {out['machine']['loadavg_start']:.1f} at the start, {out['machine'].get('loadavg_end', float('nan')):.1f} at the end): timings are comparable within a table, not across machines.", '']
     for d in ('default', 'llmrouter', 'llmrouter_cv'):
         if d not in out: continue
+        order_rows(out[d])
         write_report(out[d], RESULTS, f'compare_{d}', TITLES[d])
         md += [report_markdown(out[d], TITLES[d]), f'![cost-quality curves](compare_{d}_curves.png)', '']
         if out[d].get('artifacts'):
