@@ -69,7 +69,7 @@ def build_router(kind:str, # one of `BUILD_KINDS`
     return r.fit(data).save(out, extra=src)
 
 # %% ../nbs/04d_build.ipynb #c5d08492
-_KNN_ONLY = ('points', 'targets', 'n_trees', 'index', 'search_k', 'ef', 'float16', 'no_text', 'verify')
+_KNN_ONLY = ('points', 'targets', 'n_trees', 'index', 'search_k', 'ef', 'nlist', 'nprobe', 'float16', 'no_text', 'verify')
 
 @call_parse
 def build_cli(out:str='artifacts/default', # artifact folder to write
@@ -82,9 +82,11 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               n_trees:int=50, # knn: Annoy trees
               no_canonicalize:bool=False, # route the text as it is (default, every kind: strip greetings, chat templates and other wrapping that carries no task)
               k:int=None, # knn: default neighbours stored in the manifest (30); hybrid/stacked: neighbours of its KNN member (30/100)
-              index:str='annoy', # knn: annoy (default), hnsw, or exact (small sets)
+              index:str='annoy', # knn: annoy (default), ivf (large sets: 100,000 points and more), hnsw, or exact (small sets)
               search_k:int=None, # knn/annoy: nodes inspected per query (default 4 · n_trees · k)
               ef:int=None, # knn/hnsw: candidates explored per query (default 100)
+              nlist:int=None, # knn/ivf: lists (default 4·√points)
+              nprobe:int=None, # knn/ivf: lists scanned per query (default: measured at build)
               float16:bool=False, # knn: store embeddings as float16 (half the size)
               no_text:bool=False, # knn: do not store the query text (private data)
               seed:int=0, # index build / training seed
@@ -106,8 +108,8 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
         if given: raise ValueError(f"options {sorted(given)} do not apply to --router knn")
         from query_router.knn import build_cli as knn_build
         return knn_build.__wrapped__(out=out, data=data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or 30, no_canonicalize=no_canonicalize,
-                                     index=index, search_k=search_k, ef=ef, float16=float16, no_text=no_text, seed=seed, verify=verify)
-    knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef).items() if v is not None}
+                                     index=index, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe, float16=float16, no_text=no_text, seed=seed, verify=verify)
+    knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe).items() if v is not None}
     knn_used.update({n: True for n, v in dict(float16=float16, no_text=no_text).items() if v})
     if index != 'annoy' or n_trees != 50: knn_used['index/n_trees'] = True
     if knn_used: raise ValueError(f"options {sorted(knn_used)} apply to --router knn only")
