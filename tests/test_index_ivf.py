@@ -65,9 +65,10 @@ def test_export_in_input_order_and_build_back(ivf, embedder, tmp_path):
     assert [json.loads(l)['point_uid'] for l in lines[:5]] == ['p0', 'p1', 'p2', 'p3', 'p4'] and len(lines) == N
     from query_router.cli import main
     assert main(['build', '--out', str(tmp_path/'back'), '--points', str(ex['points']), '--targets', str(ex['targets']),
-                 '--candidates', str(ex['candidates']), '--index', 'ivf', '--k', '10']) == 0
+                 '--candidates', str(ex['candidates']), '--index', 'ivf', '--nlist', '24', '--nprobe', '6', '--k', '10']) == 0
     a, b = KNNRouter(art, embedder), KNNRouter(tmp_path/'back', embedder)
-    assert b.manifest['settings']['index']['kind'] == 'ivf' and a.targets == b.targets
+    ix = b.manifest['settings']['index'] # the top-level build passes the ivf options on
+    assert ix['kind'] == 'ivf' and (ix['nlist'], ix['nprobe']) == (24, 6) and a.targets == b.targets
     pa, pb = _input_pos(a), _input_pos(b)
     np.testing.assert_allclose(np.asarray(b.embeddings)[np.argsort(pb)], np.asarray(a.embeddings)[np.argsort(pa)], atol=2e-6)
     np.testing.assert_array_equal(b.scores_matrix[np.argsort(pb)], a.scores_matrix[np.argsort(pa)])
