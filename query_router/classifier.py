@@ -506,7 +506,7 @@ def train_classifier_cli(out:str='artifacts/classifier', # artifact folder to wr
                          objective:str='auto', # outcomes (one logit per candidate; the default on outcome data) or label (the cheapest adequate candidate)
                          max_eval:int=None, # measure on at most this many validation and test queries each (a seeded sample; default: all, or 64 with --max_steps); 0: none
                         ):
-    "Fine-tune a classification router (LoRA) and write its artifact folder. On 2 CPU cores: `--max_steps 5` takes 1-4 minutes (it measures a sample of 64 validation and 64 test queries), the first SmolLM2 run 1-2 more to convert the base (once, cached); a full run about 10 minutes (MiniLM) or 20-40 (SmolLM2), plus up to 8 to measure all ~920 held-out queries."
+    "Fine-tune a classification router (LoRA) and write its artifact folder. On 2 CPU cores: `--max_steps 5` takes 1-4 minutes (it measures a sample of 64 validation and 64 test queries), the first SmolLM2 run 1-2 more to convert the base (once, cached); a full run about 10 minutes (MiniLM) or 20-40 (SmolLM2), plus 5-15 to measure all ~1,150 held-out queries of the default data."
     if data is None: d = load_default_dataset()
     else: d = load_routing_data(data, load_candidates(candidates) if candidates else None)
     if objective == 'label' or d.kind == 'tiers': d = _as_tiers(d, threshold)
