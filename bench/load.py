@@ -159,15 +159,15 @@ def build(work:Path, points:int):
     return arts, data.queries[points:]
 
 def int8_engine(work:Path, onnx_dir:Path):
-    "An int8 (dynamic quantisation) copy of the exported model, for comparison only: not an option of the package."
+    "An int8 copy of the exported model (dynamic quantisation, per-channel weights), for comparison only: not an option of the package (it changes routes)."
     import shutil, onnx
     from onnxruntime.quantization import quantize_dynamic, QuantType
     from query_router.embed import OnnxEncoder
-    out = work/'onnx-int8'
+    out = work/'onnx-int8-per-channel'
     if not (out/'model.onnx').exists():
         out.mkdir(parents=True, exist_ok=True)
         for f in ('tokenizer.json', 'onnx.json'): shutil.copy(onnx_dir/f, out/f)
-        quantize_dynamic(str(onnx_dir/'model.onnx'), str(out/'model.onnx'), weight_type=QuantType.QInt8, extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})
+        quantize_dynamic(str(onnx_dir/'model.onnx'), str(out/'model.onnx'), weight_type=QuantType.QInt8, per_channel=True, extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})
     return OnnxEncoder(out)
 
 def engines(queries, art:Path, work:Path, reps:int=3, n:int=16)->dict:
