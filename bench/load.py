@@ -1,7 +1,9 @@
-"""Load benchmark for the server (issue 12): the old behaviour (one routing call at a time behind a lock) against the
-dynamic batcher, with the transformer and a static embedder, over loopback, bounded in count and time.
+"""Load benchmark for the server (issue 12): the old server (one routing call at a time behind a lock, torch) against the
+new default (dynamic batcher, ONNX Runtime engine), with the transformer and a static embedder, over loopback, bounded
+in count and time. The transformer also runs as lock + ONNX and batcher + torch, so the engine's gain and the
+batcher's gain are each visible; `engines` measures each engine's compute per text outside any server.
 
-    python bench/load.py [--seconds 4] [--points 300] [--rss_requests 10000]   # writes bench/results/load.json
+    python bench/load.py [--seconds 3] [--points 300] [--rss_requests 10000]   # writes bench/results/load.json
 
 Each server runs in its own process (`query-router serve`), so the load generator does not share its interpreter."""
 import argparse, asyncio, json, os, random, socket, subprocess, sys, tempfile, time
@@ -22,6 +24,14 @@ def rss_mb(pid:int)->float:
                 if line.startswith('VmRSS:'): total += int(line.split()[1])
         except FileNotFoundError: pass
     return round(total / 1024, 1)
+
+def cpu_s(pid:int)->float:
+    "CPU seconds (user + system) used so far by `pid` and its children (workers)."
+    tick, total = os.sysconf('SC_CLK_TCK'), 0
+    for p in [pid] + [int(c) for c in Path(f'/proc/{pid}/task/{pid}/children').read_text().split()]:
+        try: f = Path(f'/proc/{p}/stat').read_text().rsplit(')', 1)[1].split(); total += int(f[11]) + int(f[12])
+        except FileNotFoundError: pass
+    return total / tick
 
 class Server:
     "`query-router serve` in a subprocess on a free loopback port."
@@ -60,9 +70,10 @@ print(json.dumps(out))
 
 def pct(xs, q): return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
 
-async def load(url, queries, clients:int, seconds:float, health:bool=False)->dict:
-    "`clients` concurrent callers of POST / for `seconds`; then wait for the ones in flight."
+async def load(url, queries, clients:int, seconds:float, health:bool=False, pid:int|None=None)->dict:
+    "`clients` concurrent callers of POST / for `seconds`; then wait for the ones in flight. CPU seconds of the server (`pid`) and of this client are counted."
     import httpx
+    cpu0, mine0 = (cpu_s(pid) if pid else None), time.process_time()
     lat, codes, hl = [], {}, []
     stop = time.perf_counter() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)) as c:
@@ -79,7 +90,8 @@ async def load(url, queries, clients:int, seconds:float, health:bool=False)->dic
         await asyncio.gather(*[caller(i) for i in range(clients)])
         wall = time.perf_counter() - t0
         if probe is not None: hl = json.loads(probe.communicate(timeout=120)[0] or b'[]')
-    return {'clients': clients, 'lat': lat, 'codes': codes, 'hl': hl, 'wall': wall, 'health': health}
+    return {'clients': clients, 'lat': lat, 'codes': codes, 'hl': hl, 'wall': wall, 'health': health,
+            'server_cpu': cpu_s(pid) - cpu0 if pid else None, 'client_cpu': time.process_time() - mine0}
 
 def summary(runs:list)->dict:
     "One level's figures from its interleaved repetitions: throughput over their total time, percentiles over all their requests."
@@ -91,6 +103,11 @@ def summary(runs:list)->dict:
     out = {'clients': clients, 'requests': n, 'seconds': round(wall, 2), 'throughput_rps': round(codes.get(200, 0) / wall, 1),
            'p50_ms': pct(lat, 50), 'p99_ms': pct(lat, 99), 'share_503': round(codes.get(503, 0) / max(n, 1), 3),
            'share_504': round(codes.get(504, 0) / max(n, 1), 3), 'statuses': {str(k): v for k, v in codes.items()}}
+    ok = max(codes.get(200, 0), 1)
+    if runs[0].get('server_cpu') is not None:
+        sc, cc = sum(r['server_cpu'] for r in runs), sum(r['client_cpu'] for r in runs)
+        out['server_cpu_ms_per_request'], out['client_cpu_ms_per_request'] = round(sc / ok * 1000, 2), round(cc / ok * 1000, 2)
+        out['cpu_bound_rps_on_all_cores'] = round((os.cpu_count() or 1) / ((sc + cc) / ok), 1) # what these CPU costs allow when the machine does nothing else
     if health: out['health'] = {'probes': len(hl), 'p50_ms': pct(hl, 50), 'p99_ms': pct(hl, 99), 'max_ms': pct(hl, 100)}
     return out
 
@@ -141,17 +158,54 @@ def build(work:Path, points:int):
     arts['static'] = work/'static'
     return arts, data.queries[points:]
 
-def compute_ceiling(queries, reps:int=2, n:int=16)->dict:
-    "What batching can gain at all on this machine now: n texts encoded one call each against one call (forward passes of 8), interleaved."
+def int8_engine(work:Path, onnx_dir:Path):
+    "An int8 copy of the exported model (dynamic quantisation, per-channel weights), for comparison only: not an option of the package (it changes routes)."
+    import shutil, onnx
+    from onnxruntime.quantization import quantize_dynamic, QuantType
+    from query_router.embed import OnnxEncoder
+    out = work/'onnx-int8-per-channel'
+    if not (out/'model.onnx').exists():
+        out.mkdir(parents=True, exist_ok=True)
+        for f in ('tokenizer.json', 'onnx.json'): shutil.copy(onnx_dir/f, out/f)
+        quantize_dynamic(str(onnx_dir/'model.onnx'), str(out/'model.onnx'), weight_type=QuantType.QInt8, per_channel=True, extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})
+    return OnnxEncoder(out)
+
+def engines(queries, art:Path, work:Path, reps:int=3, n:int=16)->dict:
+    """Each engine's compute per text on this machine now, outside any server: `n` texts one call each, and the same `n` in
+    one call (forward passes of 8, as the server runs them), interleaved, best of `reps`; and how alike the engines embed and route."""
     from query_router.embed import Embedder
-    from query_router.serve import set_threads
-    e = Embedder(); threads = set_threads(); e.batch_size = 8
-    qs = queries[:n]; e.encode(qs[:2]); one, many = [], []
+    from query_router.serve import set_threads, load_router
+    from query_router.router import respond
+    es = {'torch': Embedder(backend='torch'), 'onnx': Embedder(backend='onnx')}
+    threads = set_threads(); es['onnx'].set_threads(threads)
+    res = {'texts': n, 'threads': threads, 'engines': {}}
+    try:
+        q8 = Embedder(backend='onnx'); q8.onnx = int8_engine(work, es['onnx'].onnx.folder); q8.set_threads(threads); es['onnx_int8'] = q8
+    except Exception as e: res['int8_error'] = f'{type(e).__name__}: {e}'
+    qs = queries[:n]; t1, tb = {k: [] for k in es}, {k: [] for k in es}
+    for e in es.values(): e.batch_size = 8; e.encode(qs[:2])
     for _ in range(reps):
-        t = time.perf_counter(); [e.encode([q]) for q in qs]; one.append(time.perf_counter() - t)
-        t = time.perf_counter(); e.encode(qs); many.append(time.perf_counter() - t)
-    return {'texts': n, 'torch_threads': threads, 'one_call_each_s': round(sum(one) / reps, 2), 'one_call_s': round(sum(many) / reps, 2),
-            'ratio': round(sum(one) / sum(many), 2)}
+        for k, e in es.items():
+            t = time.perf_counter(); [e.encode([q]) for q in qs]; t1[k].append(time.perf_counter() - t)
+            t = time.perf_counter(); e.encode(qs); tb[k].append(time.perf_counter() - t)
+    for k in es:
+        one, many = min(t1[k]) / n * 1000, min(tb[k]) / n * 1000
+        res['engines'][k] = {'ms_per_text_one_call_each': round(one, 1), 'ms_per_text_in_one_call': round(many, 1),
+                             'ceiling_rps_single': round(1000 / one, 1), 'ceiling_rps_batched': round(1000 / many, 1)}
+    tt, to = res['engines']['torch'], res['engines']['onnx']
+    res['best_possible_ratio_batched_onnx_vs_single_torch'] = round(tt['ms_per_text_one_call_each'] / to['ms_per_text_in_one_call'], 2)
+    res['engine_gain_single'] = round(tt['ms_per_text_one_call_each'] / to['ms_per_text_one_call_each'], 2)
+    res['batching_gain_torch'] = round(tt['ms_per_text_one_call_each'] / tt['ms_per_text_in_one_call'], 2)
+    res['batching_gain_onnx'] = round(to['ms_per_text_one_call_each'] / to['ms_per_text_in_one_call'], 2)
+    sample = queries[:300]
+    ref = es['torch'].encode(sample)
+    router = load_router(art, embedder=es['torch']); want = [r['route'] for r in respond(router, sample)]
+    for k in [k for k in es if k != 'torch']:
+        v = es[k].encode(sample); router.embedder = es[k]
+        got = [r['route'] for r in respond(router, sample)]
+        res['engines'][k]['vs_torch'] = {'texts': len(sample), 'max_abs_difference': float(np.abs(v - ref).max()), 'min_cosine': round(float((v * ref).sum(1).min()), 6),
+                                         'route_agreement': round(float(np.mean([a == b for a, b in zip(want, got)])), 4)}
+    return res
 
 def main():
     ap = argparse.ArgumentParser()
@@ -161,7 +215,7 @@ def main():
     ap.add_argument('--points', type=int, default=300, help='queries of the default dataset in each artifact')
     ap.add_argument('--rss_requests', type=int, default=10000)
     ap.add_argument('--embedders', default='transformer,static')
-    ap.add_argument('--modes', default='lock,batch,batch_2_workers')
+    ap.add_argument('--modes', default='lock,lock_onnx,batch_torch,batch_1_runner,batch,batch_2_workers', help='transformer modes; the static embedder runs those without an engine switch')
     ap.add_argument('--work', default=str(Path(tempfile.gettempdir())/'qr-load-bench'))
     ap.add_argument('--out', default=str(ROOT/'bench'/'results'/'load.json'))
     a = ap.parse_args()
@@ -169,18 +223,22 @@ def main():
     work = Path(a.work); work.mkdir(parents=True, exist_ok=True)
     arts, queries = build(work, a.points)
     levels = [int(x) for x in a.levels.split(',')]
-    ceiling = compute_ceiling(queries); print('compute ceiling', ceiling, flush=True)
-    modes = {'lock': ['--lock'], 'batch': [], 'batch_2_workers': ['--workers', '2']}
+    eng = engines(queries, arts['transformer'], work); print('engines', json.dumps(eng), flush=True) # also exports the ONNX model, once, before the servers start
+    modes = {'lock': ['--lock', '--backend', 'torch'], 'lock_onnx': ['--lock', '--backend', 'onnx'], 'batch_torch': ['--backend', 'torch'],
+             'batch_1_runner': ['--runners', '1'], 'batch': [], 'batch_2_workers': ['--workers', '2']}
     res = {'bench': 'load', 'host': socket.gethostname(), 'cpus': os.cpu_count(), 'loadavg_start': [round(x, 2) for x in load0],
            'seconds_per_level': a.seconds, 'reps': a.reps, 'points': a.points, 'levels': levels,
-           'transformer_compute_ceiling': ceiling,
-           'note': "old = --lock (one routing call at a time, the server before issue 12); new = the default dynamic batcher", 'runs': {}}
+           'engines': eng,
+           'note': ("old = --lock --backend torch (one routing call at a time with torch, the server before issue 12); new = the default "
+                    "(dynamic batcher, --backend auto = ONNX Runtime, one embedding call in flight per core, each on one thread); lock_onnx = the old lock "
+                    "with the new engine; batch_torch = the batcher with the old engine; batch_1_runner = the new default with one call at a time on all threads"),
+           'runs': {}}
     rnd = random.Random(0)
     big = [' '.join(rnd.choice(queries).split()) for _ in range(256)]
     big = [(q + ' ') * (1 + 1100 // max(len(q), 1)) for q in big] # 256 queries of ~256 tokens (65 KB+: the body limit is raised for this test)
     import contextlib, httpx
     for emb in a.embedders.split(','):
-        ms = a.modes.split(',')
+        ms = [m for m in a.modes.split(',') if emb == 'transformer' or m in ('lock', 'batch', 'batch_2_workers')]
         with contextlib.ExitStack() as stack: # every mode's server up at once; the modes take turns, so drift in the machine's load hits them alike
             srvs = {m: stack.enter_context(Server(arts[emb], *modes[m])) for m in ms}
             for m in ms: asyncio.run(load(srvs[m].url, queries, 4, 1.5)) # warm up
@@ -188,10 +246,10 @@ def main():
             for n in levels:
                 reps = {m: [] for m in ms}
                 for rep in range(a.reps):
-                    for m in ms: reps[m].append(asyncio.run(load(srvs[m].url, queries, n, a.seconds, health=(n == max(levels)))))
+                    for m in ms: reps[m].append(asyncio.run(load(srvs[m].url, queries, n, a.seconds, health=(n == max(levels)), pid=srvs[m].proc.pid)))
                 for m in ms:
                     r = summary(reps[m]); res['runs'][f'{emb}/{m}']['levels'].append(r)
-                    print(f'{emb}/{m}', r['clients'], r['throughput_rps'], r['p50_ms'], r['p99_ms'], r.get('health', ''), flush=True)
+                    print(f'{emb}/{m}', r['clients'], r['throughput_rps'], r['p50_ms'], r['p99_ms'], r.get('server_cpu_ms_per_request'), r.get('cpu_bound_rps_on_all_cores'), r.get('health', ''), flush=True)
             for m in ms:
                 met = httpx.get(srvs[m].url + '/metrics').text
                 got = {l.split()[0]: float(l.split()[1]) for l in met.splitlines() if l.startswith(('query_router_batch_size_sum', 'query_router_batch_size_count'))}
@@ -208,12 +266,20 @@ def main():
         print('rss', res['rss'], flush=True)
     def at(key, n): return next((r for r in res['runs'].get(key, {}).get('levels', []) if r['clients'] == n), None)
     tl, tb = at('transformer/lock', 32), at('transformer/batch', 32)
+    tlo, tbt = at('transformer/lock_onnx', 32), at('transformer/batch_torch', 32)
+    ratio = lambda x, y: round(x['throughput_rps'] / max(y['throughput_rps'], 1e-9), 2) if x and y else None
+    s1 = at('static/lock', 1)
     hb = (at('transformer/batch', 128) or {}).get('health', {})
     sd = res['runs'].get('transformer/batch', {}).get('small_during_max_batch', {})
     rs = res.get('rss', {})
     res['bars'] = {
         'throughput_ratio_32_clients_transformer': round(tb['throughput_rps'] / max(tl['throughput_rps'], 1e-9), 2) if tl and tb else None,
         'throughput_ratio_bar': 3.0,
+        'engine_gain_32_clients_lock': ratio(tlo, tl), 'engine_gain_32_clients_batch': ratio(tb, tbt),
+        'batching_gain_32_clients_torch': ratio(tbt, tl), 'batching_gain_32_clients_onnx': ratio(tb, tlo),
+        'best_possible_ratio_from_compute': eng.get('best_possible_ratio_batched_onnx_vs_single_torch'),
+        'cpu_bound_ratio_32_clients_transformer': round(tb['cpu_bound_rps_on_all_cores'] / tl['cpu_bound_rps_on_all_cores'], 2) if tl and tb and tl.get('cpu_bound_rps_on_all_cores') else None,
+        'non_model_ms_per_request_static_lock_1_client': round(1000 / s1['throughput_rps'], 2) if s1 else None,
         'health_p99_ms_128_clients_transformer': hb.get('p99_ms'), 'health_p99_bar_ms': 50,
         'small_during_max_batch_s': sd.get('small_latency_s'), 'small_during_max_batch_status': sd.get('small_status'), 'small_bar_s': 1.0,
         'rss_growth_mb_over_requests': rs.get('rss_growth_mb_after_first_tenth'),

@@ -6,7 +6,7 @@
 __all__ = ['MAX_DEPTH', 'MAX_DIGITS', 'BODY_METHODS', 'ENV_CONFIG', 'BadRequest', 'json_depth', 'parse_body', 'check_query',
            'routing_options', 'Metrics', 'Overloaded', 'DeadlineExceeded', 'ClientGone', 'estimate_tokens', 'Batcher',
            'hash_key', 'load_keys', 'KeyCheck', 'RateLimit', 'check_json', 'Guard', 'ServeOptions', 'make_app',
-           'GuardedHttp', 'ServerThread', 'is_loopback', 'set_threads', 'app_from_env', 'serve_cli']
+           'GuardedHttp', 'ServerThread', 'is_loopback', 'set_threads', 'plan_runners', 'app_from_env', 'serve_cli']
 
 # %% ../nbs/05_serve.ipynb #db710ac3
 import asyncio, hashlib, hmac, json, logging, math, os, re, threading, time
@@ -140,12 +140,15 @@ class Batcher:
                  queue_max:int=1024, # texts waiting; more gets 503
                  deadline:float=10.0, # seconds a request may wait for its answer; then 504 and its work is dropped
                  window:int|None=None, # the embedder's window in tokens (for the estimate)
-                 metrics:Metrics|None=None):
+                 metrics:Metrics|None=None,
+                 runners:int=1, # embedding calls in flight at once, each on a thread of its own (for an engine that runs one call per core)
+                ):
         from concurrent.futures import ThreadPoolExecutor
         self.router, self.batch_max, self.batch_wait, self.run_tokens = router, max(1, batch_max), batch_wait, max(1, run_tokens)
-        self.queue_max, self.deadline, self.window, self.metrics = queue_max, deadline, window, metrics
+        self.queue_max, self.deadline, self.window, self.metrics, self.runners = queue_max, deadline, window, metrics, max(1, runners)
         self.pending, self.queued, self.runs, self._last = [], 0, 0, 2
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix='query-router-batch')
+        self._pool = ThreadPoolExecutor(self.runners, thread_name_prefix='query-router-batch')
+        self._running = set()
         self._loop = self._task = self._wake = None
     def _start(self):
         loop = asyncio.get_running_loop()
@@ -215,26 +218,34 @@ class Batcher:
         return out
     async def _serve(self):
         loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.runners)
         while True:
             await self._wake.wait()
+            await free.acquire() # a runner is free: the next run takes whatever came in meanwhile
             if self.batch_wait > 0 and self.queued < self.batch_max and self._last > 1: await asyncio.sleep(self.batch_wait) # wait only when callers come together
             run = self._take()
             if not run:
+                free.release()
                 if not self.pending: self._wake.clear()
                 continue
             self._last = sum(e - s for _, s, e in run)
             if self.metrics: self.metrics.batch_size.observe(self._last)
-            parts = [(j.texts[s:e], j.k) for j, s, e in run]
-            try: out = await loop.run_in_executor(self._pool, self._compute, parts)
-            except Exception: out = await loop.run_in_executor(self._pool, self._compute_each, parts)
-            self.runs += 1
-            for (j, s, e), res in zip(run, out):
-                if j.fut.done(): continue
-                if isinstance(res, Exception): j.fut.set_exception(res); self._drop(j); continue
-                j.hits[s:e], j.scores[s:e] = res[0], list(res[1]); j.got += e - s
-                if j.got == len(j.texts): j.fut.set_result((j.hits, np.asarray(j.scores)))
+            task = loop.create_task(self._execute(run))
+            self._running.add(task); task.add_done_callback(lambda t: (self._running.discard(t), free.release()))
+    async def _execute(self, run:list):
+        "Compute one run in the pool and hand each caller its rows."
+        loop = asyncio.get_running_loop()
+        parts = [(j.texts[s:e], j.k) for j, s, e in run]
+        try: out = await loop.run_in_executor(self._pool, self._compute, parts)
+        except Exception: out = await loop.run_in_executor(self._pool, self._compute_each, parts)
+        self.runs += 1
+        for (j, s, e), res in zip(run, out):
+            if j.fut.done(): continue
+            if isinstance(res, Exception): j.fut.set_exception(res); self._drop(j); continue
+            j.hits[s:e], j.scores[s:e] = res[0], list(res[1]); j.got += e - s
+            if j.got == len(j.texts): j.fut.set_result((j.hits, np.asarray(j.scores)))
     def describe(self)->dict:
-        return {'batch_max': self.batch_max, 'batch_wait': self.batch_wait, 'run_tokens': self.run_tokens, 'queue_max': self.queue_max, 'deadline': self.deadline}
+        return {'batch_max': self.batch_max, 'batch_wait': self.batch_wait, 'run_tokens': self.run_tokens, 'queue_max': self.queue_max, 'deadline': self.deadline, 'runners': self.runners}
 
 # %% ../nbs/05_serve.ipynb #3e427bcc
 def hash_key(key:str)->str: return hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()
@@ -413,6 +424,7 @@ class ServeOptions:
     limit_concurrency:int = 512 # connections and requests at once (uvicorn answers 503 above it)
     proxy_max_body:int = 4 << 20 # bytes per request to other routes (the proxy's own limit applies too)
     embed_batch:int|None = 8 # texts per forward pass inside one embedding call (sentence-transformers sorts a call's texts by length, so small passes waste little on padding); None: the embedder's own
+    runners:int = 1 # embedding calls in flight at once (`serve` runs one a core, each on one thread, for the ONNX engine)
     lock:bool = False # the old behaviour: one routing call at a time behind a lock, no batching, no deadline (for comparisons)
     api_keys:str|None = None # file of API keys (one a line, or sha256:<hex>); QUERY_ROUTER_API_KEYS adds comma-separated keys
     rate_limit:float = 0 # requests a minute per key (per client address without keys); 0: no limit
@@ -422,7 +434,7 @@ class ServeOptions:
     docs:bool = False # serve /docs and /openapi.json
     def limits(self)->dict:
         return {k: getattr(self, k) for k in ('max_body', 'max_batch', 'batch_tokens', 'max_k', 'batch_max', 'batch_wait', 'run_tokens', 'queue_max',
-                                              'deadline', 'body_timeout', 'header_timeout', 'limit_concurrency', 'proxy_max_body', 'rate_limit', 'embed_batch', 'lock')}
+                                              'deadline', 'body_timeout', 'header_timeout', 'limit_concurrency', 'proxy_max_body', 'rate_limit', 'embed_batch', 'runners', 'lock')}
 
 def _public(v):
     "`v` without absolute paths (a folder is reported by its name)."
@@ -463,7 +475,7 @@ def make_app(router:Router,
     docs = {} if opts.docs else {'docs_url': None, 'redoc_url': None, 'openapi_url': None}
     app = FastAPI(title='query_router', version='1', **docs)
     metrics = Metrics()
-    batcher = Batcher(router, opts.batch_max, opts.batch_wait, opts.run_tokens, opts.queue_max, opts.deadline, window, metrics)
+    batcher = Batcher(router, opts.batch_max, opts.batch_wait, opts.run_tokens, opts.queue_max, opts.deadline, window, metrics, opts.runners)
     keys = KeyCheck(load_keys(opts.api_keys))
     app.state.router, app.state.metrics, app.state.batcher, app.state.options = router, metrics, batcher, opts
     lock = threading.Lock()
@@ -608,7 +620,8 @@ def is_loopback(host:str)->bool:
 
 def set_threads(threads:int|None=None, # CPU threads for the model; default: 1 when the load average exceeds the cores, else the cores shared among `workers`
                 workers:int=1,
-                router=None, # its embedder's ONNX engine gets the same number
+                router=None, # its embedder's ONNX engine gets the same number (one per call when `runners` > 1 and `threads` is not given)
+                runners:int=1, # embedding calls in flight at once
                )->int|None:
     "Set the model's CPU threads in this process, torch's and the ONNX engine's (a team of threads stalls at every barrier on an oversubscribed machine); None when neither runs here."
     import sys
@@ -617,19 +630,28 @@ def set_threads(threads:int|None=None, # CPU threads for the model; default: 1 w
     onnx = getattr(emb, 'onnx', None) is not None
     if 'torch' not in sys.modules and not onnx: return None
     cores = os.cpu_count() or 1
+    per_call = 1 if runners > 1 and not threads else None
     if not threads: threads = 1 if os.getloadavg()[0] > cores else max(1, cores // max(1, workers))
     if 'torch' in sys.modules:
         import torch
         torch.set_num_threads(threads)
-    if onnx: emb.set_threads(threads)
-    return threads
+    if onnx: emb.set_threads(per_call or threads)
+    return per_call or threads
+
+def plan_runners(router, runners:int=0, # calls in flight at once; 0: decide here
+                 workers:int=1)->int:
+    "Embedding calls in flight at once: `runners` when given; else one a core (shared among `workers`) for the ONNX engine, each call on one thread (no barrier between threads in every layer), else 1."
+    if runners: return max(1, runners)
+    onnx = getattr(getattr(router, 'embedder', None), 'onnx', None) is not None
+    return max(1, (os.cpu_count() or 1) // max(1, workers)) if onnx else 1
 
 def app_from_env():
     "The app described by the `QUERY_ROUTER_SERVE` environment variable: the factory each uvicorn worker calls."
     cfg = json.loads(os.environ[ENV_CONFIG])
     r = load_router(cfg['artifacts'], cfg.get('router'), **(cfg.get('load') or ({'k': cfg['k']} if cfg.get('k') else {})))
-    set_threads(cfg.get('threads'), cfg.get('workers', 1), r)
-    return make_app(r, backends=cfg.get('backends'), **cfg['options'])
+    o = {**cfg['options'], 'runners': plan_runners(r, cfg['options'].get('runners', 0), cfg.get('workers', 1))}
+    set_threads(cfg.get('threads'), cfg.get('workers', 1), r, o['runners'])
+    return make_app(r, backends=cfg.get('backends'), **o)
 
 def _split(s)->tuple: return tuple(x.strip() for x in (s or '').split(',') if x.strip())
 
@@ -656,6 +678,7 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
               header_timeout:float=10.0, # seconds to send the headers (then the connection is closed)
               limit_concurrency:int=512, # connections at once (uvicorn answers 503 above it)
               embed_batch:int=8, # texts per forward pass inside one embedding call (0: the embedder's own)
+              runners:int=0, # embedding calls in flight at once (0: one a core for the ONNX engine, each on one thread; else 1)
               lock:bool=False, # old behaviour: one routing call at a time, no batching (for comparisons)
               api_keys:str=None, # file of API keys (one a line, or sha256:<hex>); QUERY_ROUTER_API_KEYS adds comma-separated keys
               rate_limit:float=0, # requests a minute per key (0: none)
@@ -677,7 +700,7 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
     load = {**({'k': k} if k else {}), **({'embedder': model} if model else {}), **({'verify': True} if verify else {})}
     opts = dict(max_body=max_body, max_batch=max_batch, batch_max=batch_max, batch_wait=batch_wait, batch_tokens=batch_tokens, max_k=max_k,
                 queue_max=queue_max, deadline=deadline, body_timeout=body_timeout, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
-                lock=lock, embed_batch=embed_batch or None, api_keys=api_keys, rate_limit=rate_limit, cors_origins=_split(cors), allowed_hosts=_split(allowed_hosts), docs=docs)
+                lock=lock, runners=runners, embed_batch=embed_batch or None, api_keys=api_keys, rate_limit=rate_limit, cors_origins=_split(cors), allowed_hosts=_split(allowed_hosts), docs=docs)
     keys = load_keys(api_keys)
     if backends and not is_loopback(host) and not keys and not allow_open:
         raise ValueError(f"refusing to serve the proxy on {host} without API keys: anyone who can reach it would spend the backends' keys. "
@@ -694,7 +717,8 @@ def serve_cli(artifacts:str='artifacts/default', # artifact folder (from `query-
         uvicorn.run('query_router.serve:app_from_env', factory=True, workers=workers, **uv)
         return
     r = load_router(artifacts, router, **load)
-    n = set_threads(threads, router=r)
+    opts['runners'] = plan_runners(r, runners)
+    n = set_threads(threads, router=r, runners=opts['runners'])
     emb = getattr(r, 'embedder', None)
-    print(f"serving {r!r} on http://{host}:{port}" + (f" ({n} threads, {emb.backend} engine)" if n and hasattr(emb, 'backend') else f" ({n} threads)" if n else ''), flush=True)
+    print(f"serving {r!r} on http://{host}:{port}" + (f" ({n} threads, {emb.backend} engine, {opts['runners']} runner(s))" if n and hasattr(emb, 'backend') else f" ({n} threads)" if n else ''), flush=True)
     uvicorn.run(make_app(r, backends=backends, **opts), **uv)

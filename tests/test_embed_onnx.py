@@ -43,12 +43,15 @@ def test_onnx_batched_http_answers_equal_single_answers(small_artifacts, fast):
     for w, g in zip(want, got):
         assert w['route'] == g['route'] and [h['id'] for h in w['hits']] == [h['id'] for h in g['hits']]
 
-def test_exported_model_loads_without_torch(fast):
+def test_exported_model_routes_without_torch(fast, small_artifacts):
     code = ("import sys; from query_router.embed import Embedder; e = Embedder(backend='onnx'); v = e.encode(['hi', 'there']); "
-            "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules, 'torch was imported'; print(e.backend, v.shape)")
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+            "from query_router.artifacts import load_router; from query_router.router import respond; r = load_router(sys.argv[1]); "
+            "a = respond(r, ['How do I reverse a list in Python?'])[0]; "
+            "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules, 'torch was imported'; print(e.backend, r.embedder.backend, v.shape, a['route'] in r.targets)")
+    out = subprocess.run([sys.executable, '-c', code, str(small_artifacts)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, 'HF_HUB_OFFLINE': '1', 'QUERY_ROUTER_BACKEND': 'auto'})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ['onnx', '(2,', '384)']
+    assert out.stdout.split() == ['onnx', 'onnx', '(2,', '384)', 'True']
 
 def test_taking_the_model_out_returns_to_torch():
     e = Embedder(backend='onnx')

@@ -62,6 +62,21 @@ def test_small_request_goes_before_a_big_batch():
 def post(url, body, timeout=30, **kw):
     with httpx.Client(base_url=url, timeout=timeout) as c: return c.post('/', json=body, **kw)
 
+class Paired(Router):
+    "Every call waits until another call is inside too: calls that run one at a time break the barrier."
+    targets = ['small', 'large']
+    def __init__(self): self.barrier = threading.Barrier(2, timeout=20)
+    def score_batch(self, qs):
+        self.barrier.wait()
+        return np.array([[0.9, 0.4]] * len(qs))
+
+def test_runners_compute_calls_at_once():
+    r = Paired()
+    b = Batcher(r, batch_max=1, batch_wait=0, runners=2)
+    async def two(): return await asyncio.gather(b.submit(['hi']), b.submit(['there']))
+    got = arun(two())
+    assert [len(h) for h, s in got] == [1, 1] and b.runs == 2 and b.describe()['runners'] == 2
+
 def test_full_queue_gives_503_with_retry_after():
     r = Gated()
     app = make_app(r, batch_max=1, queue_max=2, deadline=30)
