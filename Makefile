@@ -17,7 +17,7 @@ $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[proxy]"
+	$(BIN)/python -m pip install -q -e ".[proxy,onnx]"
 	touch $@
 
 install-dev: $(VENV)/.installed-dev
