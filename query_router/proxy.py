@@ -55,10 +55,11 @@ class ProxyConfig:
     source:str = 'backends'
 
 def check_param(policy:str, param:float|None, where:str='param'):
-    "A `ValueError` when `param` is out of range for `policy` (threshold in [0, 1], utility's λ ≥ 0)."
+    "A `ValueError` when `param` is out of range for `policy` (threshold in [0, 1], utility's λ ≥ 0, ordinal level in (0, 1])."
     if param is None: return
     if policy == 'threshold' and not 0 <= param <= 1: raise ValueError(f"{where}: the threshold τ must be between 0 and 1, not {param:g}")
     if policy == 'utility' and not param >= 0: raise ValueError(f"{where}: the utility cost weight λ must be 0 or more, not {param:g}")
+    if policy == 'ordinal' and not 0 < param <= 1: raise ValueError(f"{where}: the ordinal level must be in (0, 1], not {param:g}")
 
 # %% ../nbs/10_proxy.ipynb #4e56f41e
 _BACKEND_FIELDS = ('base_url', 'model', 'api_key_env', 'timeout', 'connect_timeout', 'deadline')

@@ -67,7 +67,7 @@ def check_query(q, name:str='query')->str:
     return clean_text(q)
 
 def routing_options(body:dict, router:Router, max_k:int=1000)->dict:
-    "The policy, its parameter and k from a request body, checked (a threshold lies in [0, 1], a utility weight is >= 0)."
+    "The policy, its parameter and k from a request body, checked (a threshold lies in [0, 1], a utility weight is >= 0, an ordinal level in (0, 1])."
     policy, param, k = body.get('policy'), body.get('param'), body.get('k')
     if policy is not None and policy not in POLICIES: raise BadRequest(422, f"unknown policy {policy!r:.60}; use one of {list(POLICIES)}")
     if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param)):
@@ -75,6 +75,7 @@ def routing_options(body:dict, router:Router, max_k:int=1000)->dict:
     name = policy or router.default_policy
     if param is not None and name == 'threshold' and not 0 <= param <= 1: raise BadRequest(422, f"'param' is the threshold policy's quality bar: a number from 0 to 1, not {param!r}")
     if param is not None and name == 'utility' and param < 0: raise BadRequest(422, f"'param' is the utility policy's cost weight: a number >= 0, not {param!r}")
+    if param is not None and name == 'ordinal' and not 0 < param <= 1: raise BadRequest(422, f"'param' is the ordinal policy's cumulative level: a number in (0, 1], not {param!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k): raise BadRequest(422, f"'k' must be an integer from 1 to {max_k}, not {k!r:.60}")
     if name == 'utility' and router.costs is None: raise BadRequest(422, "the utility policy needs target costs, and this router has none")
     return {'policy': policy, 'param': param, 'k': k}

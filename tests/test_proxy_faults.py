@@ -273,6 +273,9 @@ def test_routing_parameters_are_range_checked(shared_client, model, ok):
     assert r.status_code == (200 if ok else 400), r.text
     if not ok: assert r.json()['error']['param'] == 'model'
 
+def test_an_ordinal_level_out_of_range_in_the_backends_file_is_refused(router, backends):
+    with pytest.raises(ValueError, match='ordinal level must be in'): make_app(router, backends=config(backends[1], policy='ordinal', param=0))
+
 def test_a_negative_utility_weight_in_the_backends_file_is_refused(router, backends):
     with pytest.raises(ValueError, match='λ must be 0 or more'): make_app(router, backends=config(backends[1], policy='utility', param=-1))
 

@@ -32,6 +32,8 @@ CASES = [
     ('threshold above 1', '/', '{"query": "x", "policy": "threshold", "param": 1.5}', J, 422),
     ('threshold below 0', '/', '{"query": "x", "policy": "threshold", "param": -0.1}', J, 422),
     ('utility weight below 0', '/', '{"query": "x", "policy": "utility", "param": -1}', J, 422),
+    ('ordinal level 0', '/', '{"query": "x", "policy": "ordinal", "param": 0}', J, 422),
+    ('ordinal level above 1', '/batch', '{"queries": ["x"], "policy": "ordinal", "param": 1.5}', J, 422),
     ('param string', '/', '{"query": "x", "param": "high"}', J, 422),
     ('param bool', '/', '{"query": "x", "param": true}', J, 422),
     ('k float', '/', '{"query": "x", "k": 2.5}', J, 422),
