@@ -100,21 +100,33 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               dim:int=None, # mf: size of the shared space
               epochs:float=None, # mf: training steps; classifier: passes over the data
               objective:str=None, # classifier: outcomes (one logit per candidate, the default on outcome data) or label
+              split:str='all', # part of --data to build from: train, valid, test (of a 60/20/20 split, the same as `calibrate --split`) or all
+              how:str='grouped', # how to split: grouped, chronological or random
+              query_col:str=None, id_col:str=None, group_col:str=None, label_col:str=None, # column names, when not found by name
+              score_cols:str=None, # candidates' score columns, comma-separated (default: the numeric columns)
+              missing:str='error', # missing scores: error, drop or fill:<value>
+              duplicates:str='error', # duplicate ids: error or first
              ):
     "Build a router artifact folder of any kind."
     t = time.time()
+    cols = column_options(query_col, id_col, group_col, label_col, score_cols, missing=missing, duplicates=duplicates)
+    custom = split != 'all' or len(cols) > 3 or missing != 'error' or duplicates != 'error'
+    if custom and (points or targets): raise ValueError("--split and the column options read --data; they do not apply to --points/--targets")
+    def load(): # the data as asked: columns named, then the part of the split
+        d = load_default_dataset() if data is None else load_routing_data(data, load_candidates(candidates) if candidates else None, **cols)
+        return split_part(d, split, how, seed)
     given = {n: v for n, v in dict(features=features, C=C, max_features=max_features, combine=combine, folds=folds, clusters=clusters, dim=dim, epochs=epochs, objective=objective).items() if v is not None}
     if router == 'knn':
         if given: raise ValueError(f"options {sorted(given)} do not apply to --router knn")
         from query_router.knn import build_cli as knn_build
-        return knn_build.__wrapped__(out=out, data=data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or 30, no_canonicalize=no_canonicalize,
+        return knn_build.__wrapped__(out=out, data=load() if custom else data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or 30, no_canonicalize=no_canonicalize,
                                      index=index, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe, float16=float16, no_text=no_text, seed=seed, verify=verify)
     knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe).items() if v is not None}
     knn_used.update({n: True for n, v in dict(float16=float16, no_text=no_text).items() if v})
     if index != 'annoy' or n_trees != 50: knn_used['index/n_trees'] = True
     if knn_used: raise ValueError(f"options {sorted(knn_used)} apply to --router knn only")
     if router not in BUILD_KINDS: raise ValueError(f"unknown router kind {router!r}; use one of {list(BUILD_KINDS)}")
-    d = load_default_dataset() if data is None else load_routing_data(data, load_candidates(candidates) if candidates else None)
+    d = load()
     if router == 'classifier':
         opts = {'model': model or 'minilm', 'seed': seed, **({'epochs': epochs} if epochs else {}), **({'objective': objective} if objective else {})}
         bad = sorted(set(given) - {'epochs', 'objective'})
