@@ -180,14 +180,14 @@ class ApiError(ValueError):
     @property
     def status_code(self)->int: return self.status # as `openai.APIStatusError` calls it
 
-_ROUTER_MODEL = re.compile(r'^router(?:-(argmax|threshold|utility)(?:-(.+))?)?$')
+_ROUTER_MODEL = re.compile(r'^router(?:-(argmax|threshold|utility|ordinal)(?:-(.+))?)?$')
 
 def parse_model(model, # the request's `model`
                 targets:list, # targets with a backend, cheapest first
                 known:list|None=None, # all of the router's targets
                )->tuple:
     "('pin', target) or ('route', policy, param) for a request's `model`; `ApiError` otherwise."
-    names = ['router', 'router-argmax', 'router-threshold-<τ>', 'router-utility-<λ>'] + list(targets)
+    names = ['router', 'router-argmax', 'router-threshold-<τ>', 'router-utility-<λ>', 'router-ordinal-<level>'] + list(targets)
     if model is None: raise ApiError(400, f"missing 'model'; use one of {names}", param='model')
     if not isinstance(model, str): raise ApiError(400, f"'model' must be a string, not {type(model).__name__}", param='model')
     if model in targets: return ('pin', model)

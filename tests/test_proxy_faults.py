@@ -267,7 +267,8 @@ def test_lone_surrogates_are_replaced_and_routed(shared_client, backends, router
 
 @pytest.mark.parametrize('model,ok', [('router-threshold-1.5', False), ('router-threshold--0.1', False), ('router-utility--1', False),
                                       ('router-threshold-nan', False), ('router-utility-inf', False), ('router-threshold-1e999', False),
-                                      ('router-threshold-0', True), ('router-threshold-1', True), ('router-utility-0', True)])
+                                      ('router-threshold-0', True), ('router-threshold-1', True), ('router-utility-0', True),
+                                      ('router-ordinal-0.5', True), ('router-ordinal-1', True), ('router-ordinal-0', False), ('router-ordinal-1.5', False)])
 def test_routing_parameters_are_range_checked(shared_client, model, ok):
     r = post(shared_client, chat('hi', model))
     assert r.status_code == (200 if ok else 400), r.text
