@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make serve   install the package, build the default router (embedded data + bundled model) and serve it on http://127.0.0.1:8888
+#   make serve   install the package (with the proxy and onnx extras), build the default router (embedded data + bundled model) and serve it on http://127.0.0.1:8888
 #   make test    install the package with every extra, check notebooks are clean and exported, then run nbdev_test and pytest
 # Other commands after either: `source .venv/bin/activate`, then `query-router --help`.
 SHELL := /bin/bash

@@ -771,6 +771,18 @@ def _event(data:str):
 
 async def _anext(it): return await anext(it, None)
 
+async def _events(chunks):
+    "The OpenAI chunk objects of a relayed SSE byte stream, until `[DONE]`: what both the sync and the async stream yield."
+    buf = b''
+    async for piece in chunks:
+        datas, buf = _sse(buf + piece)
+        for d in datas:
+            if (ev := _event(d)) is None: return
+            yield ev
+    for d in _sse(buf + b'\n\n')[0]:
+        if (ev := _event(d)) is None: return
+        yield ev
+
 class _ClientCore:
     def __init__(self, router, # a `Router`, or an artifact folder to load one from
                  backends=None, # backends file, dict or `ProxyConfig` (None: only `route` works)
@@ -811,17 +823,10 @@ class ChatStream:
     "The chunks of a routed, streamed answer as they arrive (OpenAI `chat.completion.chunk` objects); `.route` says who answers."
     def __init__(self, run, relayed:Relayed, route:Obj): self._run, self._a, self.route = run, relayed, route
     def __iter__(self):
-        buf = b''
+        events = _events(self._a.chunks)
         try:
-            while (piece := self._run(_anext, self._a.chunks)) is not None:
-                datas, buf = _sse(buf + piece)
-                for d in datas:
-                    if (ev := _event(d)) is None: return
-                    yield ev
-            for d in _sse(buf + b'\n\n')[0]:
-                if (ev := _event(d)) is None: return
-                yield ev
-        finally: self.close()
+            while (ev := self._run(_anext, events)) is not None: yield ev
+        finally: self._run(events.aclose); self.close()
     def close(self): self._run(self._a.aclose)
 
 class RouterClient(_ClientCore):
@@ -856,16 +861,8 @@ class AsyncChatStream:
     "`ChatStream` for `async for`."
     def __init__(self, relayed:Relayed, route:Obj): self._a, self.route = relayed, route
     async def __aiter__(self):
-        buf = b''
         try:
-            async for piece in self._a.chunks:
-                datas, buf = _sse(buf + piece)
-                for d in datas:
-                    if (ev := _event(d)) is None: return
-                    yield ev
-            for d in _sse(buf + b'\n\n')[0]:
-                if (ev := _event(d)) is None: return
-                yield ev
+            async for ev in _events(self._a.chunks): yield ev
         finally: await self._a.aclose()
     async def aclose(self): await self._a.aclose()
 

@@ -167,15 +167,9 @@ def test_two_builds_at_once_leave_one_complete_artifact(tmp_path):
 # ---- issue 14: format 2 round trip at a few thousand points ----
 
 @pytest.fixture(scope='module')
-def synthetic(tmp_path_factory, embedder):
-    "3,000 clustered 384-d points (no embedding needed: the router is searched with vectors) with graded scores."
-    rng = np.random.default_rng(0); n = 3000
-    c = rng.normal(size=(60, 384)); x = (c[rng.integers(0, 60, n)] + rng.normal(scale=0.6, size=(n, 384))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    scores = rng.random((n, 3)).round(3).astype(np.float32); scores[::5, 1] = 0
-    meta = [{'point_uid': f'p{i}', 'category': ['x', 'y', None][i % 3], 'utterance': f'query number {i} ü'} for i in range(n)]
-    from query_router.core import Candidate
-    cands = [Candidate('big', 70, 5, 5), Candidate('small', 3, 0.1, 0.1), Candidate('mid', 8, 1, 1)]
+def synthetic(tmp_path_factory, embedder, clustered_points):
+    "The clustered points of `conftest.clustered_points` in an Annoy artifact."
+    x, scores, meta, cands = clustered_points
     d = tmp_path_factory.mktemp('syn')
     art = write_artifacts(d/'art', meta, x, ['big', 'small', 'mid'], scores, embedder, cands, n_trees=20, progress=False)
     return d, art, x, scores, meta

@@ -7,15 +7,10 @@ from query_router.knn import KNNRouter, write_artifacts, export_artifact
 N = 3000
 
 @pytest.fixture(scope='module')
-def ivf(tmp_path_factory, embedder):
-    "3,000 clustered 384-d points with graded scores, in an ivf artifact (searched with vectors: nothing is embedded)."
-    rng = np.random.default_rng(0)
-    c = rng.normal(size=(60, 384)); x = (c[rng.integers(0, 60, N)] + rng.normal(scale=0.6, size=(N, 384))).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    scores = rng.random((N, 3)).round(3).astype(np.float32); scores[::5, 1] = 0
-    meta = [{'point_uid': f'p{i}', 'category': ['x', 'y', None][i % 3], 'utterance': f'query number {i} ü'} for i in range(N)]
-    from query_router.core import Candidate
-    cands = [Candidate('big', 70, 5, 5), Candidate('small', 3, 0.1, 0.1), Candidate('mid', 8, 1, 1)]
+def ivf(tmp_path_factory, embedder, clustered_points):
+    "The clustered points of `conftest.clustered_points` (3,000, searched with vectors: nothing is embedded) in an ivf artifact."
+    x, scores, meta, cands = clustered_points
+    assert len(x) == N
     d = tmp_path_factory.mktemp('ivf')
     art = write_artifacts(d/'art', meta, x, ['big', 'small', 'mid'], scores, embedder, cands, index='ivf', progress=False)
     return d, art, x, scores, meta

@@ -1,21 +1,19 @@
 "The in-process OpenAI-style client: the proxy's routing and forwarding, called from Python with no router server."
-import asyncio, contextlib, json
+import asyncio, json
 import numpy as np, pytest
-from query_router.proxy import ApiError, AsyncRouterClient, MockBackend, RouterClient, route_margin
-from query_router.serve import load_router, ServerThread
+from query_router.proxy import ApiError, AsyncRouterClient, RouterClient, route_margin
+from query_router.serve import ServerThread
 
 Q = 'Prove that the square root of 2 is irrational.'
 def msgs(text=Q): return [{'role': 'user', 'content': text}]
 
 @pytest.fixture(scope='module')
-def router(small_artifacts, embedder): return load_router(small_artifacts, embedder=embedder)
+def router(small_router): return small_router
 
 @pytest.fixture(scope='module')
-def backends(router):
-    mocks = {t: MockBackend(f'mock-{t}') for t in router.targets}
-    with contextlib.ExitStack() as stack:
-        urls = {t: stack.enter_context(ServerThread(m.app())).url for t, m in mocks.items()}
-        yield mocks, {'backends': {t: {'base_url': u + '/v1', 'model': f'model-{t}', 'timeout': 2.0} for t, u in urls.items()}}
+def backends(mock_backends):
+    mocks, urls = mock_backends
+    return mocks, {'backends': {t: {'base_url': u + '/v1', 'model': f'model-{t}', 'timeout': 2.0} for t, u in urls.items()}}
 
 @pytest.fixture(autouse=True)
 def fresh(request):

@@ -2,22 +2,18 @@
 set cookies; clients that go away; request bodies that cannot be re-encoded. Every answer is a deliberate status, never a 500."""
 import contextlib, json, os, socket, time
 import httpx, pytest
-from query_router.proxy import ApiError, MockBackend, encode_chat, mount_proxy, parse_chat, routing_text
-from query_router.serve import load_router, make_app, ServerThread
+from query_router.proxy import ApiError, encode_chat, mount_proxy, parse_chat, routing_text
+from query_router.serve import make_app, ServerThread
 
 KEY = 'sk-test-0123456789abcdefXYZ' # the backends' API key, as an environment variable would hold it
 os.environ['QR_FAULT_KEY'] = KEY # (module-scoped servers read it when they start)
 SEEN = [] # every status a test got from the proxy: none may be a 500
 
 @pytest.fixture(scope='module')
-def router(small_artifacts, embedder): return load_router(small_artifacts, embedder=embedder)
+def router(small_router): return small_router
 
 @pytest.fixture(scope='module')
-def backends(router):
-    mocks = {t: MockBackend(f'mock-{t}') for t in router.targets}
-    with contextlib.ExitStack() as stack:
-        urls = {t: stack.enter_context(ServerThread(m.app())).url for t, m in mocks.items()}
-        yield mocks, urls
+def backends(mock_backends): return mock_backends
 
 @pytest.fixture(autouse=True)
 def fresh(request, monkeypatch):
