@@ -37,6 +37,15 @@ LAMBDA_STRIDE = 1 # every λ of evaluate.param_grid (--lambda-stride 4: a quarte
 PER_FAMILY = {'greetings': 2, 'politeness': 2} # seen variants per family (others: --per-family)
 HELDOUT_FAMILIES = 'typos,greetings,politeness,markdown,chat' # families whose first held-out variant runs by default (--all-variants: every one)
 
+def default_variants(fams:dict, per_family:int=1, heldout_per_family:int=1, heldout_families:str=HELDOUT_FAMILIES)->list:
+    "The (family, variant) pairs measured by default: the first seen variants of each family (greetings and politeness: one more) and the first held-out one of some families."
+    variants = []
+    for f in fams:
+        seen = select_variants(fams, False, only=[f]); hv = select_variants(fams, True, only=[f])
+        hf = heldout_families == 'all' or f in heldout_families.split(',')
+        variants += seen[:PER_FAMILY.get(f, 0) + per_family] + (hv[:heldout_per_family] if hf else [])
+    return variants
+
 def _find(name):
     "A router class or helper from its module of the day (query_router.linear, .tfidf, .hybrid ... or evaluate)."
     import importlib
@@ -311,12 +320,7 @@ def main():
     log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
     fams = load_rewrites()
     if args.all_variants: variants = select_variants(fams, None)
-    else:
-        variants = []
-        for f in fams:
-            seen = select_variants(fams, False, only=[f]); hv = select_variants(fams, True, only=[f])
-            hf = args.heldout_families == 'all' or f in args.heldout_families.split(',')
-            variants += seen[:PER_FAMILY.get(f, 0) + args.per_family] + (hv[:args.heldout_per_family] if hf else [])
+    else: variants = default_variants(fams, args.per_family, args.heldout_per_family, args.heldout_families)
     spec = None if args.no_canon else load_canon_spec(steps=args.canon_steps.split(',') if args.canon_steps else None)
     emb = MergingCache(cache_dir=args.cache)
     emb.check_uncased()

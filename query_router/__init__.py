@@ -31,8 +31,8 @@ def default_router(path=None, # artifact folder; default: `~/.cache/query_router
     "The default KNN router, built on first use (about a minute on a laptop CPU)."
     import os
     from pathlib import Path
-    from query_router.knn import build_artifacts
+    from query_router.knn import build_artifacts, DEFAULT_SETTINGS
     from query_router.serve import load_router
     path = Path(path or Path(os.environ.get('QUERY_ROUTER_CACHE', Path.home()/'.cache'/'query_router'))/'default')
-    if rebuild or not (path/'manifest.json').exists(): build_artifacts(path)
+    if rebuild or not (path/'manifest.json').exists(): build_artifacts(path, settings=DEFAULT_SETTINGS) # what `query-router build` writes
     return load_router(path)

@@ -61,9 +61,9 @@ def build_router(kind:str, # one of `BUILD_KINDS`
     needs = kind in ('knn', 'hybrid', 'stacked', 'mf') or (kind == 'linear' and 'embedding' in opts.get('features', 'embedding').split('+'))
     emb = (embedder if isinstance(embedder, Embedder) else Embedder(embedder)) if needs else None
     if kind == 'knn':
-        from query_router.knn import build_artifacts
-        k = opts.pop('k', 30)
-        return build_artifacts(out, data, emb, candidates=candidates, settings={'k': k, **opts.pop('settings', {})}, canonicalize=spec or False, **opts)
+        from query_router.knn import build_artifacts, DEFAULT_SETTINGS
+        knn = {n: opts.pop(n) for n in ('k', 'temperature', 'policy', 'param') if n in opts} # the default artifact's settings unless given
+        return build_artifacts(out, data, emb, candidates=candidates, settings={**DEFAULT_SETTINGS, **knn, **opts.pop('settings', {})}, canonicalize=spec or False, **opts)
     r = make_router(kind, emb, **opts)
     r.canonicalize = spec or False # fit learns from canonicalised text; save records the spec
     return r.fit(data).save(out, extra=src)
@@ -81,7 +81,10 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               candidates:str=None, # candidates JSON with the targets' costs
               n_trees:int=50, # knn: Annoy trees
               no_canonicalize:bool=False, # route the text as it is (default, every kind: strip greetings, chat templates and other wrapping that carries no task)
-              k:int=None, # knn: default neighbours stored in the manifest (30); hybrid/stacked: neighbours of its KNN member (30/100)
+              k:int=None, # knn: default neighbours stored in the manifest (50, `knn.DEFAULT_K`); hybrid/stacked: neighbours of its KNN member (30/100)
+              temperature:float=None, # knn: similarity temperature stored in the manifest (0.1, `knn.DEFAULT_TEMPERATURE`; 0: the similarity-weighted rule)
+              policy:str=None, # knn: default decision stored in the manifest (auto: smooth 0.5 on tier data, argmax otherwise)
+              param:float=None, # knn: the policy's parameter
               index:str='annoy', # knn: annoy (default), ivf (large sets: 100,000 points and more), hnsw, or exact (small sets)
               search_k:int=None, # knn/annoy: nodes inspected per query (default 4 · n_trees · k)
               ef:int=None, # knn/hnsw: candidates explored per query (default 100)
@@ -118,10 +121,11 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
     given = {n: v for n, v in dict(features=features, C=C, max_features=max_features, combine=combine, folds=folds, clusters=clusters, dim=dim, epochs=epochs, objective=objective).items() if v is not None}
     if router == 'knn':
         if given: raise ValueError(f"options {sorted(given)} do not apply to --router knn")
-        from query_router.knn import build_cli as knn_build
-        return knn_build.__wrapped__(out=out, data=load() if custom else data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or 30, no_canonicalize=no_canonicalize,
+        from query_router.knn import build_cli as knn_build, DEFAULT_K, DEFAULT_TEMPERATURE
+        return knn_build.__wrapped__(out=out, data=load() if custom else data, model=model, points=points, targets=targets, candidates=candidates, n_trees=n_trees, k=k or DEFAULT_K, no_canonicalize=no_canonicalize,
+                                     temperature=DEFAULT_TEMPERATURE if temperature is None else temperature, policy=policy or 'auto', param=param,
                                      index=index, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe, float16=float16, no_text=no_text, seed=seed, verify=verify)
-    knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe).items() if v is not None}
+    knn_used = {n: v for n, v in dict(points=points, targets=targets, search_k=search_k, ef=ef, nlist=nlist, nprobe=nprobe, temperature=temperature, policy=policy, param=param).items() if v is not None}
     knn_used.update({n: True for n, v in dict(float16=float16, no_text=no_text).items() if v})
     if index != 'annoy' or n_trees != 50: knn_used['index/n_trees'] = True
     if knn_used: raise ValueError(f"options {sorted(knn_used)} apply to --router knn only")

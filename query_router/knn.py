@@ -17,9 +17,10 @@ from .artifacts import _swap_into_place, _bad
 from .index import *
 
 # %% auto #0
-__all__ = ['STR_COLUMNS', 'NpyWriter', 'StrColumnWriter', 'StrColumn', 'order_targets', 'write_knn', 'write_artifacts',
-           'scan_points', 'build_artifacts', 'knn_scores', 'check_knn_manifest', 'KNNRouter', 'export_artifact',
-           'upgrade_artifact', 'build_cli', 'export_cli', 'upgrade_cli']
+__all__ = ['STR_COLUMNS', 'DEFAULT_K', 'DEFAULT_TEMPERATURE', 'DEFAULT_TIER_POLICY', 'DEFAULT_TIER_PARAM', 'DEFAULT_SETTINGS',
+           'NpyWriter', 'StrColumnWriter', 'StrColumn', 'order_targets', 'write_knn', 'write_artifacts', 'scan_points',
+           'build_artifacts', 'resolve_settings', 'check_temperature', 'knn_scores', 'check_knn_manifest', 'KNNRouter',
+           'export_artifact', 'upgrade_artifact', 'build_cli', 'export_cli', 'upgrade_cli']
 
 # %% ../nbs/04_knn.ipynb #30b69d62
 STR_COLUMNS = ('ids', 'category', 'text')
@@ -247,7 +248,7 @@ def build_artifacts(out, # artifact folder to write
         t = order_targets(names, candidates)
         scores = scores[:, [names.index(d['name']) for d in t]]
         source = {'points': str(points), 'targets': str(targets)}
-        return write_knn(out, _file_chunks(points, scores, chunk), len(uids), dim, t, emb, settings, {'source': source}, **opts)
+        return write_knn(out, _file_chunks(points, scores, chunk), len(uids), dim, t, emb, resolve_settings(settings, None), {'source': source}, **opts)
     if data is None: data, candidates = load_default_dataset(), candidates or load_candidates(default_candidates_path())
     elif not isinstance(data, RoutingData): data = load_routing_data(data, candidates)
     candidates = candidates or data.candidates
@@ -259,16 +260,46 @@ def build_artifacts(out, # artifact folder to write
     t = order_targets(data.targets, candidates)
     scores = data.scores()[:, [data.targets.index(d['name']) for d in t]]
     source = {'data': data.source, 'kind': data.kind, 'rows': len(data)}
-    return write_knn(out, _data_chunks(data, emb, pts, scores, chunk, progress), len(data), emb.dim, t, emb, settings, {'source': source}, **opts)
+    return write_knn(out, _data_chunks(data, emb, pts, scores, chunk, progress), len(data), emb.dim, t, emb, resolve_settings(settings, data.kind), {'source': source}, **opts)
 
 # %% ../nbs/04_knn.ipynb #5f7670e7
+# The default artifact's neighbours k, similarity temperature and (tier data) decision: chosen together on the default data's
+# training side only (grouped CV over the train and validation splits, tier accuracy; the validation split's seen rewrites for
+# two-tier jumps; the test split unused): bench/route_jumps.py -> bench/results/route_jumps.json ('choice': k=50, T=0.1, smooth 0.5:
+# CV accuracy 0.640 against 0.629 for k=30 without temperature, 0 jumps against 31). The temperature alone, under argmax:
+# bench/knn_temperature.py -> bench/results/knn_temperature.json.
+DEFAULT_K, DEFAULT_TEMPERATURE = 50, 0.1
+DEFAULT_TIER_POLICY, DEFAULT_TIER_PARAM = 'smooth', 0.5 # tier data: argmax of the votes smoothed along the tiers (no two-tier jumps); other data: argmax
+DEFAULT_SETTINGS = {'k': DEFAULT_K, 'temperature': DEFAULT_TEMPERATURE, 'policy': 'auto'} # 'auto': resolved at build by the data's kind (`resolve_settings`)
+
+def resolve_settings(settings:dict|None, # router settings to store; policy 'auto' picks the default decision for the data
+                     kind:str|None, # the data's kind: 'tiers' (ordered labels) or 'outcomes'; None when unknown
+                    )->dict:
+    "Settings with policy 'auto' resolved: the smooth decision for tier data, argmax otherwise."
+    s = dict(settings or {})
+    if s.get('policy') == 'auto':
+        s['policy'], s['param'] = (DEFAULT_TIER_POLICY, DEFAULT_TIER_PARAM) if kind == 'tiers' else ('argmax', None)
+    return s
+
+def check_temperature(t, where:str='temperature')->float|None:
+    "`t` when it is a usable similarity temperature (None, or a finite number > 0); else a ValueError naming `where`."
+    if t is None: return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t <= 0:
+        raise ValueError(f"{where} must be a finite number > 0 (or null for the similarity-weighted rule), not {t!r:.40}")
+    return float(t)
+
 def knn_scores(sims:np.ndarray, # (n, k) similarities of the hits
                hit_scores:np.ndarray, # (n, k, targets) the hits' target scores
+               temperature:float|None=None, # None: weights = similarities (clamped at 0); T > 0: weights = exp((sim - max sim) / T)
               )->np.ndarray:
-    "Similarity-weighted mean of the hits' scores, negative similarities clamped to 0."
-    w = np.clip(sims, 0, None)
-    w = np.where(w.sum(1, keepdims=True) > 0, w, 1.0)
+    "Weighted mean of the hits' scores: by similarity, negative similarities clamped to 0 (the seed's rule), or by exp(similarity / temperature)."
+    sims = np.asarray(sims, dtype=float)
+    if temperature is None:
+        w = np.clip(sims, 0, None)
+        w = np.where(w.sum(1, keepdims=True) > 0, w, 1.0)
+    else: w = np.exp((sims - sims.max(1, keepdims=True)) / check_temperature(temperature)) # the best hit weighs 1: no overflow
     return np.einsum('nk,nkt->nt', w, hit_scores) / w.sum(1, keepdims=True)
+
 
 # %% ../nbs/04_knn.ipynb #bc1fe9d8
 def _npy(path:Path, shape:tuple, dtypes:tuple, field:str, mmap:bool=True):
@@ -290,6 +321,10 @@ def check_knn_manifest(m:dict, path):
     cols = m.get('columns')
     if not (isinstance(cols, list) and 'ids' in cols and set(cols) <= set(STR_COLUMNS)): raise _bad(mf, 'columns', f"must list 'ids' and any of {list(STR_COLUMNS)}, not {cols!r}")
     check_index_settings(m['settings'].get('index'), mf)
+    try: check_temperature(m['settings'].get('temperature'))
+    except ValueError as e: raise _bad(mf, 'settings.temperature', str(e).split('temperature ', 1)[1]) from None
+    if m['settings'].get('policy') == 'smooth' and m['settings'].get('param') is not None and not 0 <= m['settings']['param'] <= 1:
+        raise _bad(mf, 'settings.param', f"is the smooth policy's neighbour weight: a number in [0, 1], not {m['settings']['param']!r}")
     kind = m['settings']['index']['kind']
     need = ['embeddings.npy', 'scores.npy'] + [f'{c}{e}' for c in cols for e in ('.utf8', '.offsets.npy')] + ([INDEX_FILES[kind]] if INDEX_FILES[kind] else [])
     miss = [f for f in need if f not in m['files']]
@@ -307,6 +342,7 @@ class KNNRouter(Router):
     def __init__(self, path, # artifact folder
                  embedder=None, # `Embedder` or model name/path overriding the artifact's (it must embed the same way)
                  k:int|None=None, # neighbours (default: the manifest's, 10)
+                 temperature:float|None=None, # similarity temperature (default: the manifest's `settings.temperature`; none: the similarity-weighted rule)
                  exact:bool=False, # brute-force search instead of the index
                  verify:bool=False, # check every file's SHA-256 on load (the cheap checks always run)
                  search_k:int|None=None, # Annoy nodes to inspect per query (default: the artifact's settings, 4 · n_trees · k; -1 is Annoy's n_trees · k)
@@ -340,6 +376,7 @@ class KNNRouter(Router):
         costs = [t['cost'] for t in m['targets']]
         self.costs = None if any(c is None for c in costs) else np.array(costs, dtype=float)
         self.k, self.exact = k or s.get('k', 10), exact
+        self.temperature = check_temperature(s.get('temperature') if temperature is None else temperature)
         self.default_policy, self.default_param = s.get('policy', 'argmax'), s.get('param')
         self.index = open_index(s['index'], p, self.embeddings, search_k=search_k, ef=ef, nprobe=nprobe)
         got = len(self.index)
@@ -367,7 +404,7 @@ class KNNRouter(Router):
     def neighbours(self, queries:list[str], k:int|None=None)->tuple:
         "Hit indices, similarities and target scores for each query."
         idx, sims = self.search(self.embedder.encode(list(queries)), k)
-        return idx, sims, knn_scores(sims, self.scores_matrix[idx])
+        return idx, sims, knn_scores(sims, self.scores_matrix[idx], self.temperature)
     def score_batch(self, queries:list[str])->np.ndarray: return self.neighbours(queries)[2]
     def explain_batch(self, queries:list[str], k:int|None=None)->tuple:
         idx, sims, scores = self.neighbours(queries, k)
@@ -378,10 +415,10 @@ class KNNRouter(Router):
     def describe(self)->dict:
         m = self.manifest
         return {'router': 'knn', 'model': m['embedder'].get('source', m['embedder']['name']), 'embedder': m['embedder'].get('kind', 'transformer'), 'dim': m['dim'],
-                'points': m['n_points'], 'k': self.k, 'exact': self.exact, 'index': m['settings']['index']['kind'],
+                'points': m['n_points'], 'k': self.k, 'temperature': self.temperature, 'exact': self.exact, 'index': m['settings']['index']['kind'],
                 'targets': [{'name': t['name'], 'cost': t['cost']} for t in m['targets']], 'artifact_version': m['format_version'],
                 'created': m['created'], 'path': str(self.path)}
-    def __repr__(self): return f"KNNRouter({str(self.path)!r}, {self.n_points} points, k={self.k}, index={self.manifest['settings']['index']['kind']}, targets={self.targets})"
+    def __repr__(self): return f"KNNRouter({str(self.path)!r}, {self.n_points} points, k={self.k}, temperature={self.temperature}, index={self.manifest['settings']['index']['kind']}, targets={self.targets})"
 
 # %% ../nbs/04_knn.ipynb #9ffabe38
 def export_artifact(path, # a KNN artifact folder
@@ -483,7 +520,10 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
               candidates:str=None, # candidates JSON with the targets' costs
               n_trees:int=50, # Annoy trees
               no_canonicalize:bool=False, # embed the text as it is (default: strip greetings, chat templates and other wrapping that carries no task)
-              k:int=30, # default neighbours stored in the manifest (30: steadier under rewrites and more accurate than 10 on the default data)
+              k:int=DEFAULT_K, # default neighbours stored in the manifest (chosen on the default data's training split: bench/results/knn_temperature.json)
+              temperature:float=DEFAULT_TEMPERATURE, # similarity temperature stored in the manifest: hits weigh exp(sim / T) (0: the seed's similarity-weighted rule)
+              policy:str='auto', # default decision stored in the manifest: auto (tier data: smooth 0.5, else argmax), argmax, threshold, utility, ordinal or smooth
+              param:float=None, # the policy's parameter (default: the policy's)
               index:str='annoy', # annoy (default), ivf (large sets: 100,000 points and more), hnsw, or exact (small sets)
               search_k:int=None, # annoy: nodes inspected per query (default 4 · n_trees · k)
               ef:int=None, # hnsw: candidates explored per query (default 200)
@@ -496,10 +536,10 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
              ):
     "Build a KNN router artifact folder."
     t = time.time()
-    p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
+    p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k, 'temperature': check_temperature(temperature or None, '--temperature'), 'policy': policy, **({'param': param} if param is not None else {})}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
                         keep_text=not no_text, index_params={kk: v for kk, v in (('search_k', search_k), ('ef', ef), ('nlist', nlist), ('nprobe', nprobe), ('seed', seed)) if v is not None})
     m = load_manifest(p, verify=verify)
-    print(f"built {p}: {m['n_points']} points, {m['dim']}-d, index {m['settings']['index']['kind']}, targets {[t['name'] for t in m['targets']]}, {time.time() - t:.1f}s"
+    print(f"built {p}: {m['n_points']} points, {m['dim']}-d, k={m['settings']['k']}, temperature={m['settings'].get('temperature')}, policy {m['settings'].get('policy')} {m['settings'].get('param')}, index {m['settings']['index']['kind']}, targets {[t['name'] for t in m['targets']]}, {time.time() - t:.1f}s"
           + (', every checksum verified' if verify else ''))
 
 @call_parse

@@ -8,12 +8,12 @@ import functools
 import numpy as np
 
 # %% auto #0
-__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'adjusted_scores', 'cumulative_shares', 'ordinal_choice', 'decide',
-           'margins', 'Router', 'resolve_policy', 'respond']
+__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'adjusted_scores', 'smoothed_scores', 'cumulative_shares',
+           'ordinal_choice', 'decide', 'margins', 'Router', 'resolve_policy', 'respond']
 
 # %% ../nbs/03_router.ipynb #622d4966
-POLICIES = ('argmax', 'threshold', 'utility', 'ordinal')
-DEFAULT_PARAMS = {'argmax': None, 'threshold': 0.5, 'utility': 0.0, 'ordinal': 0.5}
+POLICIES = ('argmax', 'threshold', 'utility', 'ordinal', 'smooth')
+DEFAULT_PARAMS = {'argmax': None, 'threshold': 0.5, 'utility': 0.0, 'ordinal': 0.5, 'smooth': 0.5}
 TIE_BREAKS = ('cheaper', 'capable')
 _TIE = 1e-9
 
@@ -29,15 +29,25 @@ def adjusted_scores(scores:np.ndarray, # shape (n, targets) or (targets,)
                     costs=None, # vector (targets,) or matrix (n, targets)
                     cost_scale:float|None=None, # divide costs by this (default: the largest cost given)
                    )->np.ndarray:
-    "The scores the policy compares: for utility, score − λ · cost / cost_scale; otherwise the scores."
+    "The scores the policy compares: for utility, score − λ · cost / cost_scale; for smooth, score + a · (the neighbouring targets' scores); otherwise the scores."
     s = np.atleast_2d(np.asarray(scores, dtype=float))
     if policy not in POLICIES: raise ValueError(f"unknown policy {policy!r}; use one of {list(POLICIES)}")
+    if policy == 'smooth': return smoothed_scores(s, DEFAULT_PARAMS[policy] if param is None else param)
     if policy != 'utility': return s
     if costs is None: raise ValueError("the utility policy needs the targets' costs")
     if param is None: param = DEFAULT_PARAMS[policy]
     c = _cost_matrix(costs, *s.shape)
     scale = float(cost_scale) if cost_scale is not None else float(c.max()) if c.size else 1.0
     return s - float(param) * c / max(scale, 1e-12)
+
+def smoothed_scores(scores:np.ndarray, # (n, targets), targets in order (cheapest first)
+                    weight:float=0.5, # a in [0, 1]: how much each target borrows from its neighbours' scores
+                   )->np.ndarray:
+    "Scores smoothed along the ordered targets: s_t + a · (s_{t-1} + s_{t+1}) (a missing neighbour counts 0)."
+    a = float(weight)
+    if not 0 <= a <= 1: raise ValueError(f"the smooth weight must be in [0, 1], got {weight}")
+    s = np.atleast_2d(np.asarray(scores, dtype=float)); z = np.pad(s, ((0, 0), (1, 1)))
+    return s + a * (z[:, :-2] + z[:, 2:])
 
 def cumulative_shares(scores:np.ndarray)->np.ndarray:
     "Each row's scores as shares (negatives count 0; a row of zeros is uniform), summed up from the cheapest target."
@@ -55,8 +65,8 @@ def ordinal_choice(scores:np.ndarray, # (n, targets): per-tier shares (votes, pr
     return (cumulative_shares(scores) >= level - _TIE).argmax(1)
 
 def decide(scores:np.ndarray, # shape (n, targets) or (targets,), targets cheapest first
-           policy:str='argmax', # 'argmax', 'threshold', 'utility' or 'ordinal' (tier data: the median tier of the predicted shares)
-           param:float|None=None, # τ for threshold, λ for utility, the cumulative level for ordinal
+           policy:str='argmax', # 'argmax', 'threshold', 'utility', 'ordinal' (tier data: the median tier of the predicted shares) or 'smooth' (tier data: argmax of the scores smoothed along the tiers)
+           param:float|None=None, # τ for threshold, λ for utility, the cumulative level for ordinal, the neighbours' weight for smooth
            costs=None, # cost of each target (needed by utility): vector (targets,) or per-query matrix (n, targets)
            margin:float=0.0, # near-tie band: targets within this of the best are settled by `tie_break`
            tie_break:str='cheaper', # 'cheaper' or 'capable' (the most expensive of the near-tied targets)

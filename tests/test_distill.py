@@ -66,7 +66,7 @@ def test_similar_queries_closer(static_emb):
     assert a @ b > a @ c
 
 def test_manifest_records_static_and_routes(static_art, static_dir, default_data):
-    from query_router.knn import load_manifest, KNNRouter
+    from query_router.knn import load_manifest, KNNRouter, DEFAULT_K
     from query_router.router import respond
     m = load_manifest(static_art)
     assert m['embedder']['kind'] == 'static' and m['embedder']['dim'] == 24 and m['embedder']['name'] == str(static_dir)
@@ -74,7 +74,7 @@ def test_manifest_records_static_and_routes(static_art, static_dir, default_data
     assert r.embedder.kind == 'static' and r.describe()['embedder'] == 'static'
     small = default_data.subset(range(150))
     ans = respond(r, small.queries[:20])
-    assert all(a['hits'][0]['similarity'] > 0.99 and len(a['hits']) == m['settings']['k'] == 30 for a in ans) # every indexed query finds itself
+    assert all(a['hits'][0]['similarity'] > 0.99 and len(a['hits']) == m['settings']['k'] == DEFAULT_K for a in ans) # every indexed query finds itself
     assert [a['route'] for a in respond(r, small.queries[:20], k=1)] == small.labels[:20] # its own label, alone
 
 def test_mismatch_refused_both_ways(static_art, transformer_art, static_emb, embedder):
@@ -97,9 +97,10 @@ def test_old_manifest_without_kind_is_transformer(tmp_path, transformer_art, sta
 def test_served_over_http(static_art):
     import httpx
     from query_router.serve import load_router, make_app, ServerThread
+    from query_router.knn import DEFAULT_K
     with ServerThread(make_app(load_router(static_art))) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         r = c.post('/', json={'query': 'Write a haiku about autumn'})
-        assert r.status_code == 200 and len(r.json()['hits']) == 30 # the CLI's default k
+        assert r.status_code == 200 and len(r.json()['hits']) == DEFAULT_K # the CLI's default k
         assert c.get('/health').json()['embedder'] == 'static'
         r = c.post('/', json={'query': '\U0001F600\U0001F600'}) # no known token: a zero vector, an even vote, still an answer
         assert r.status_code == 200 and all(h['similarity'] == 0 for h in r.json()['hits']) and abs(sum(s['score'] for s in r.json()['scores']) - 1) < 1e-3
