@@ -15,6 +15,12 @@ on training data only (the default data's validation split; a held-out fifth of 
     python bench/robustness.py                          # both datasets, 400 test requests each
     python bench/robustness.py --only default --n 100   # a quick look
     python bench/robustness.py --all-variants           # every variant of rewrites.json (FULL; slow on a CPU)
+    python bench/robustness.py --fresh FILE             # also a blind rewrites file: its variants are a third column, "fresh (blind)"
+
+Routers: `default` is the default artifact exactly as `query-router build` writes it (k, similarity temperature and, on tier
+data, the smooth decision: `knn.DEFAULT_SETTINGS`), measured with its own decision; `soft-knn` is a KNN artifact with a
+similarity temperature whose k and T are chosen on the tuning split. On LLMRouter the margin rule (band and tie-break) of
+each router is chosen on the calibration split (`choose_margin`), never on the test table.
 
 Writes bench/results/robustness.json. Embeddings are cached (--cache, default ~/.cache/query_router/robustness).
 """
@@ -83,39 +89,47 @@ class MergingCache(ev.CachedEmbedder):
         self._merge(); super().save()
         if self.file.exists(): self._seen_mtime = self.file.stat().st_mtime
 
-class SoftKNN(Router):
-    "A KNN router's neighbours, more of them, weighted by exp(similarity / temperature): smoother scores."
-    def __init__(self, knn, k:int=30, temperature:float=0.05):
-        self.knn, self.k, self.temperature = knn, k, temperature
-        self.targets, self.costs, self.manifest = knn.targets, knn.costs, knn.manifest # the artifact's settings (canonicalize) apply here too
-    def score_batch(self, queries):
-        idx, sims = self.knn.search(self.knn.embedder.encode(list(queries)), self.k)
-        w = np.exp((sims - sims.max(1, keepdims=True)) / self.temperature)
-        return np.einsum('nk,nkt->nt', w, self.knn.scores_matrix[idx]) / w.sum(1, keepdims=True)
-    def describe(self): return {'router': 'soft-knn', 'k': self.k, 'temperature': self.temperature, 'targets': self.targets}
-
-def build_knn(data, emb, k, work, canon=None):
-    "A KNN artifact from `data` (canonicalised, with the spec recorded in the manifest, when `canon`), loaded as the server would."
+def build_knn(data, emb, k, work, canon=None, settings=None):
+    "A KNN artifact from `data` (canonicalised, with the spec recorded in the manifest, when `canon`; `settings` as `query-router build` stores them), loaded as the server would."
     from query_router.knn import build_artifacts, KNNRouter
     out = Path(tempfile.mkdtemp(prefix='knn-', dir=work))/'artifact'
-    build_artifacts(out, data, emb, settings={'k': k}, canonicalize=canon or False)
-    return KNNRouter(out, emb, k=k)
+    build_artifacts(out, data, emb, settings={'k': k, **(settings or {})}, canonicalize=canon or False, progress=False)
+    return KNNRouter(out, emb)
 
-KINDS = 'knn10,knn30,linear,tfidf,hybrid,mf,length' # every kind `query-router build` makes but the classifier (a fine-tuned transformer: hours on this CPU)
+KINDS = 'default,knn10,knn30,soft-knn,linear,tfidf,hybrid,mf,length' # every kind `query-router build` makes but the classifier (a fine-tuned transformer: hours on this CPU)
+SOFT_GRID = [(kk, T) for kk in (30, 50, 75) for T in (0.05, 0.1, 0.15, 0.2)] # soft-knn: k and temperature chosen on the tuning split
 
-def build_routers(data, emb, work, canon=None, kinds=tuple(KINDS.split(','))):
+def build_routers(data, emb, work, canon=None, kinds=tuple(KINDS.split(',')), soft=None):
     """name -> fitted router. Canonicalisation goes through the generic path every artifact kind uses
-    (`router.canonicalize = spec`: `fit` learns from canonicalised text, `score_batch` canonicalises the queries, `save` records it)."""
+    (`router.canonicalize = spec`: `fit` learns from canonicalised text, `score_batch` canonicalises the queries, `save` records it).
+    `default` is the default artifact (`query-router build` with no options: `knn.DEFAULT_SETTINGS`, its decision resolved by the data's kind);
+    `soft-knn` is a KNN artifact with the similarity temperature `soft` = (k, T) (chosen on the tuning split by `choose_soft`)."""
     from query_router.build import make_router
+    from query_router.knn import DEFAULT_SETTINGS
     makers = {'linear': lambda: make_router('linear', emb), 'logreg': lambda: make_router('linear', emb), 'tfidf': lambda: make_router('tfidf'),
               'hybrid': lambda: make_router('hybrid', emb), 'mf': lambda: make_router('mf', emb), 'length': lambda: make_router('length')}
     out = {}
     for kind in kinds:
+        if kind == 'default': out[kind] = build_knn(data, emb, DEFAULT_SETTINGS['k'], work, canon, DEFAULT_SETTINGS); continue
+        if kind == 'soft-knn':
+            if soft: out[kind] = build_knn(data, emb, soft[0], work, canon, {'temperature': soft[1]})
+            continue
         if kind.startswith('knn'): out[kind] = build_knn(data, emb, int(kind[3:]), work, canon); continue
         if kind not in makers: raise SystemExit(f"unknown router {kind!r}; use some of {KINDS}")
         r = makers[kind](); r.canonicalize = canon or False
         out[kind] = r.fit(data)
     return out
+
+def choose_soft(fit, tune, emb, work, canon, kind, costs, budget, Ot):
+    "(k, T) of soft-knn: the best tuning-split value (tier accuracy; calibrated quality for outcomes) of a KNN artifact built on `fit`, over `SOFT_GRID`."
+    from query_router.knn import KNNRouter
+    base = build_knn(fit, emb, max(k for k, _ in SOFT_GRID), work, canon)
+    def val(kk, T):
+        S = KNNRouter(base.path, emb, k=kk, temperature=T).score_batch(tune.queries)
+        if kind == 'tiers': return float((decide(S) == ev.label_index(tune)).mean())
+        lam = calibrate_lambda(S, Ot, costs, budget)
+        return ev.route_value(decide(S, 'utility', lam, costs), Ot, costs)[0] if lam is not None else -1
+    return max(SOFT_GRID, key=lambda p: val(*p))
 
 def outcomes(data):
     return ev.outcome_matrix(data)
@@ -137,16 +151,22 @@ def flip_stats(i0, iv, O, costs):
             'max_jump': int(jump.max()) if f.any() else 0, 'flips_over_1_apart': int((jump > 1).sum()),
             'delta_quality': float(dq.mean()), 'delta_cost': float(dc.mean()), 'mean_abs_delta_cost': float(np.abs(dc).mean())}
 
-def summarise(per_variant:dict, fam_of:dict, held:dict)->dict:
-    "Per family means and robustness (1 - mean over families of the flip share), seen and held out."
+PARTS = ('seen', 'heldout', 'fresh') # variants tuned on / never used to choose anything / a blind file of rewrites (`--fresh`)
+PART_TITLE = {'seen': 'seen', 'heldout': 'held-out', 'fresh': 'fresh (blind)'}
+
+def part_of(v:dict)->str: return 'fresh' if v.get('fresh') else 'heldout' if v.get('heldout') else 'seen'
+
+def summarise(per_variant:dict, fam_of:dict, part:dict)->dict:
+    "Per family means and robustness (1 - mean over families of the flip share), for each part: seen, held-out and fresh variants."
     out = {}
-    for part, want in (('seen', False), ('heldout', True)):
+    for want in PARTS:
         fams = {}
         for v, s in per_variant.items():
-            if held[v] == want: fams.setdefault(fam_of[v], []).append(s)
+            if part[v] == want: fams.setdefault(fam_of[v], []).append(s)
+        if not fams and want == 'fresh': continue
         fam = {f: {k: (float(np.mean([x[k] for x in xs])) if k not in ('max_jump', 'flips', 'flips_over_1_apart') else int(max(x[k] for x in xs) if k == 'max_jump' else sum(x[k] for x in xs)))
                    for k in xs[0]} for f, xs in fams.items()}
-        out[part] = {'robustness': 1 - float(np.mean([f['flip_share'] for f in fam.values()])) if fam else None,
+        out[want] = {'robustness': 1 - float(np.mean([f['flip_share'] for f in fam.values()])) if fam else None,
                      'max_jump': max([f['max_jump'] for f in fam.values()] or [0]), 'flips_over_1_apart': sum(f['flips_over_1_apart'] for f in fam.values()),
                      'families': fam}
     return out
@@ -157,23 +177,27 @@ def _sample(d, n, seed=0):
     return d.subset(sorted(np.random.default_rng(seed).permutation(len(d))[:n]))
 
 def dataset(name, n, seed=0):
-    "(fit, tune, full_train, test) for a dataset: the test requests to rewrite are a seeded sample of n."
+    "(fit, tune, full_train, test, whole_test) for a dataset: the test requests to rewrite are a seeded sample of n of the whole test split."
     if name == 'default':
         tr, va, te = split_data(load_default_dataset(), 'grouped', seed=seed)
-        return tr, va, tr, _sample(te, n, seed)
+        return tr, va, tr, _sample(te, n, seed), te
     tr, te = load_llmrouter('train'), load_llmrouter('test')
     fit, tune = split_data(tr, 'random', (0.8, 0.2), seed)[:2]
-    return fit, tune, tr, _sample(te, n, seed)
+    return fit, tune, tr, _sample(te, n, seed), te
 
 def run_dataset(name, args, emb, variants, spec, work, log):
-    fit, tune, full, test = dataset(name, args.n_default if name == 'default' else args.n, args.seed)
+    fit, tune, full, test, whole = dataset(name, args.n_default if name == 'default' else args.n, args.seed)
     costs = np.asarray(test.costs(), dtype=float); O = outcomes(test); Ot = outcomes(tune)
     tiers = ev.label_index(test) if test.kind == 'tiers' else None
     ref = ev.best_single(outcomes(full), costs); budget = 0.5 * costs[ref]
-    vnames = [f"{f}/{v['name']}" for f, v in variants]; fam_of = {f"{f}/{v['name']}": f for f, v in variants}; held = {f"{f}/{v['name']}": bool(v.get('heldout')) for f, v in variants}
+    vn_of = lambda f, v: f"{f}/{v['name']}" + (' (fresh)' if v.get('fresh') else '')
+    vnames = [vn_of(f, v) for f, v in variants]; fam_of = {vn_of(f, v): f for f, v in variants}; part = {vn_of(f, v): part_of(v) for f, v in variants}
     texts = {vn: [rewrite(q, v) for q in test.queries] for vn, (f, v) in zip(vnames, variants)}
+    seen_v = [(vn, v) for vn, (f, v) in zip(vnames, variants) if part[vn] == 'seen']
+    tune_rw = _sample(tune, args.n_tune_rewrites, args.seed) if test.kind == 'outcomes' else None # the calibration split's requests, rewritten by the seen variants only: to choose the margin rule
+    tune_texts = {vn: [rewrite(q, v) for q in tune_rw.queries] for vn, v in seen_v} if tune_rw is not None else {}
     t0 = time.time()
-    todo = list(dict.fromkeys(full.queries + fit.queries + tune.queries + test.queries + [t for ts in texts.values() for t in ts]))
+    todo = list(dict.fromkeys(full.queries + fit.queries + tune.queries + test.queries + [t for ts in list(texts.values()) + list(tune_texts.values()) for t in ts]))
     for i in range(0, len(todo), 400): # in chunks, saved as they go: a killed run keeps what it embedded
         emb.encode(todo[i:i + 400], progress=False); emb.save()
     log(f'{name}: embedded {len(emb._mem)} texts in cache ({time.time() - t0:.0f}s)')
@@ -182,94 +206,155 @@ def run_dataset(name, args, emb, variants, spec, work, log):
     for canon_on in ([True] if args.only_canon else [False, True] if spec else [False]):
         canon = spec if canon_on else None
         t = time.time()
-        main = build_routers(full, emb, work, canon, kinds)
-        tuner = build_routers(fit, emb, work, canon, kinds) if test.kind == 'outcomes' else main
-        if 'knn30' in main: # smoother KNN: k and temperature picked on the tuning split (clean routes), never on the test
-            grid = [(kk, T) for kk in (30, 50) for T in (0.02, 0.05, 0.1)]
-            def val(kk, T):
-                S = SoftKNN(tuner['knn30'], kk, T).score_batch(tune.queries)
-                if test.kind == 'tiers': return float((decide(S) == ev.label_index(tune)).mean())
-                lam = calibrate_lambda(S, Ot, costs, budget)
-                return ev.route_value(decide(S, 'utility', lam, costs), Ot, costs)[0] if lam is not None else -1
-            kk, T = max(grid, key=lambda p: val(*p))
-            main['soft-knn'] = SoftKNN(main['knn30'], kk, T); main['soft-knn'].chosen = {'k': kk, 'temperature': T}
-            if tuner is not main: tuner['soft-knn'] = SoftKNN(tuner['knn30'], kk, T)
+        soft = choose_soft(fit, tune, emb, work, canon, test.kind, costs, budget, Ot) if 'soft-knn' in kinds else None # never on the test split
+        main = build_routers(full, emb, work, canon, kinds, soft)
+        tuner = build_routers(fit, emb, work, canon, kinds, soft) if test.kind == 'outcomes' else main
         if args.finetuned and name == 'default':
             fe = MergingCache(ev.Embedder(args.finetuned), cache_dir=args.cache)
             main['knn10-finetuned'] = build_knn(full, fe, 10, work, canon)
             fe.encode(list(dict.fromkeys(test.queries + [t for ts in texts.values() for t in ts]))); fe.save()
-        log(f'{name}: built {list(main)} (canon={canon_on}) in {time.time() - t:.0f}s')
+        log(f'{name}: built {list(main)} (canon={canon_on}, soft-knn k, T = {soft}) in {time.time() - t:.0f}s')
         for rname, r in main.items():
             t = time.time()
             S0 = r.score_batch(test.queries); SV = {vn: r.score_batch(texts[vn]) for vn in vnames}
-            Sv_tune = tuner[rname].score_batch(tune.queries) if (test.kind == 'outcomes' and rname in tuner) else None
-            cfg = {'router': rname, 'canonicalize': canon_on, **({'smooth': r.chosen} if hasattr(r, 'chosen') else {}), 'margins': {}}
+            Sw = r.score_batch(whole.queries) if tiers is not None else None # tier accuracy on the whole test split too (the 200 rewritten are a noisy sample)
+            tr_ = tuner.get(rname) if test.kind == 'outcomes' else None
+            Sv_tune = tr_.score_batch(tune.queries) if tr_ is not None else None
+            cfg = {'router': rname, 'canonicalize': canon_on, 'margins': {},
+                   'settings': {k: v for k, v in ((getattr(r, 'manifest', None) or {}).get('settings') or {}).items() if k in ('k', 'temperature', 'policy', 'param')}}
+            if rname == 'soft-knn': cfg['smooth'] = {'k': soft[0], 'temperature': soft[1], 'chosen_on': 'tuning split'}
             rules = [(f'{m:g}' + ('' if m == 0 else f'/{tb}'), 'argmax', None, m, tb) for m in args.margins for tb in (('cheaper', 'capable') if m > 0 else ('cheaper',))]
-            if tiers is not None: rules += [(f'ordinal {lv:g}' if lv != 0.5 else 'ordinal', 'ordinal', lv, 0.0, 'cheaper') for lv in args.ordinal_levels]
+            if tiers is not None:
+                rules += [(f'ordinal {lv:g}' if lv != 0.5 else 'ordinal', 'ordinal', lv, 0.0, 'cheaper') for lv in args.ordinal_levels]
+                rules += [(f'smooth {a:g}', 'smooth', a, 0.0, 'cheaper') for a in args.smooth]
+            if r.default_policy != 'argmax' or r.default_param is not None: rules.append(('default', r.default_policy, r.default_param, 0.0, 'cheaper')) # the artifact's own decision
             for key, pol, par, m, tb in rules:
-                if True:
-                    i0 = decide(S0, pol, par, costs, m, tb)
-                    res = {'quality': ev.route_value(i0, O, costs)[0], 'cost_rel': ev.route_value(i0, O, costs)[1] / costs[ref]}
-                    if tiers is not None: res['accuracy'] = float((i0 == tiers).mean())
-                    pv = {vn: flip_stats(i0, decide(SV[vn], pol, par, costs, m, tb), O, costs) for vn in vnames}
-                    res['argmax'] = summarise(pv, fam_of, held)
-                    if Sv_tune is not None and pol == 'argmax': # the calibrated policy: λ for half the best single's cost, on the tuning split
-                        lam = calibrate_lambda(Sv_tune, Ot, costs, budget, m, tb)
-                        if lam is not None:
-                            c0 = decide(S0, 'utility', lam, costs, m, tb)
-                            q, c = ev.route_value(c0, O, costs)
-                            res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
-                            res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, held)
-                    cfg['margins'][key] = res
+                i0 = decide(S0, pol, par, costs, m, tb)
+                res = {'policy': pol, 'param': par, 'quality': ev.route_value(i0, O, costs)[0], 'cost_rel': ev.route_value(i0, O, costs)[1] / costs[ref]}
+                if tiers is not None: res['accuracy'] = float((i0 == tiers).mean()); res['accuracy_whole_test'] = float((decide(Sw, pol, par, costs, m, tb) == ev.label_index(whole)).mean())
+                pv = {vn: flip_stats(i0, decide(SV[vn], pol, par, costs, m, tb), O, costs) for vn in vnames}
+                res['argmax'] = summarise(pv, fam_of, part)
+                if Sv_tune is not None and pol == 'argmax': # the calibrated policy: λ for half the best single's cost, on the tuning split
+                    lam = calibrate_lambda(Sv_tune, Ot, costs, budget, m, tb)
+                    if lam is not None:
+                        c0 = decide(S0, 'utility', lam, costs, m, tb)
+                        q, c = ev.route_value(c0, O, costs)
+                        res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
+                        res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, part)
+                        # the same rule on the tuning side: quality on the calibration split, robustness of its rewritten requests
+                        ct = decide(Sv_tune, 'utility', lam, costs, m, tb); St0 = tr_.score_batch(tune_rw.queries)
+                        i_t = decide(St0, 'utility', lam, costs, m, tb); Ot_rw = outcomes(tune_rw)
+                        flips = {vn: flip_stats(i_t, decide(tr_.score_batch(ts), 'utility', lam, costs, m, tb), Ot_rw, costs) for vn, ts in tune_texts.items()}
+                        res['tune'] = {'cal_quality': ev.route_value(ct, Ot, costs)[0], 'robustness_seen': summarise(flips, fam_of, part)['seen']['robustness']}
+                cfg['margins'][key] = res
+            if Sv_tune is not None: cfg['chosen_margin'] = choose_margin(cfg['margins'])
             if args.tag: cfg['tag'] = args.tag
             configs[f"{rname}{' +canon' if canon_on else ''}{args.tag}"] = cfg
-            b = cfg['margins']['0']
-            log(f"  {rname:16} canon={canon_on!s:5} robustness {b['argmax']['seen']['robustness']:.3f} (held-out {b['argmax']['heldout']['robustness']:.3f}) "
-                f"{'acc %.3f' % b['accuracy'] if 'accuracy' in b else 'q %.3f cal_q %s' % (b['quality'], round(b.get('cal_quality', float('nan')), 4))} ({time.time() - t:.0f}s)")
+            b = cfg['margins'].get('default', cfg['margins']['0'])
+            log(f"  {rname:16} canon={canon_on!s:5} robustness {b['argmax']['seen']['robustness']:.3f} (held-out {b['argmax']['heldout']['robustness']:.3f}"
+                + (f", fresh {b['argmax']['fresh']['robustness']:.3f}" if 'fresh' in b['argmax'] else '') + f") jumps>1 {b['argmax']['seen']['flips_over_1_apart']}/{b['argmax']['heldout']['flips_over_1_apart']} "
+                f"{'acc %.3f' % b['accuracy'] if 'accuracy' in b else 'q %.3f cal_q %s' % (b['quality'], round(b.get('cal_quality', float('nan')), 4))}"
+                + (f" chosen margin {cfg['chosen_margin']['rule']}" if cfg.get('chosen_margin') else '') + f" ({time.time() - t:.0f}s)")
     emb.save()
-    return {'n_test': len(test), 'n_fit': len(full), 'tune': {'n': len(tune), 'what': 'validation split' if name == 'default' else 'a random fifth of train.jsonl (routers for tuning fitted on the other four fifths)'},
+    return {'n_test': len(test), 'n_whole_test': len(whole), 'n_fit': len(full), 'tune': {'n': len(tune), 'what': 'validation split' if name == 'default' else 'a random fifth of train.jsonl (routers for tuning fitted on the other four fifths)',
+                                                           **({'n_rewritten': len(tune_rw)} if tune_rw is not None else {})},
             'targets': [{'name': t, 'cost': float(c)} for t, c in zip(test.targets, costs)], 'reference': test.targets[ref], 'budget_for_calibration': float(budget),
             'kind': test.kind, 'configs': configs}
 
+QUALITY_SLACK = 0.005 # the margin rule may cost at most this much calibrated quality (on the calibration split)
+
+def choose_margin(margins:dict)->dict|None:
+    "The margin and tie-break chosen on the calibration split only: the best seen-variant robustness of the calibration split's rewritten requests, among the rules whose calibrated quality there is within `QUALITY_SLACK` of the no-margin router's."
+    tuned = {k: v['tune'] for k, v in margins.items() if 'tune' in v}
+    if '0' not in tuned: return None
+    ok = {k: t for k, t in tuned.items() if t['cal_quality'] >= tuned['0']['cal_quality'] - QUALITY_SLACK - 1e-12}
+    key = max(ok, key=lambda k: (round(ok[k]['robustness_seen'], 6), k == '0'))
+    v = margins[key]
+    return {'rule': key, 'how': f'calibration split: max robustness (seen variants) s.t. calibrated quality >= no-margin - {QUALITY_SLACK}', 'tune': tuned[key], 'tune_no_margin': tuned['0'],
+            'test': {'cal_quality': v['cal_quality'], 'cal_quality_no_margin': margins['0']['cal_quality'],
+                     **{f'robustness_{p}': v['calibrated'][p]['robustness'] for p in PARTS if p in v['calibrated']}}}
+
 def pick(res:dict, name:str)->dict:
-    "The headline: each router before remedies, and the best remedy combination (tuned on training data: margin chosen where tuning quality holds)."
-    cf = res['configs']; out = {}
-    for key, c in cf.items():
-        b = c['margins']['0']
-        out[key] = {m: {'robustness': v['argmax']['seen']['robustness'], 'robustness_heldout': v['argmax']['heldout']['robustness'],
-                        'max_jump': v['argmax']['seen']['max_jump'], **{k: v[k] for k in ('accuracy', 'quality', 'cal_quality', 'cost_rel', 'cal_cost_rel') if k in v},
-                        **({'robustness_calibrated': v['calibrated']['seen']['robustness'], 'robustness_calibrated_heldout': v['calibrated']['heldout']['robustness']} if 'calibrated' in v else {})}
+    "Per configuration and rule: robustness on each part, the largest jump, accuracy or quality."
+    out = {}
+    for key, c in res['configs'].items():
+        out[key] = {m: {**{('robustness' if p == 'seen' else f'robustness_{p}'): v['argmax'][p]['robustness'] for p in PARTS if p in v['argmax']},
+                        **{f'flips_over_1_apart_{p}': v['argmax'][p]['flips_over_1_apart'] for p in PARTS if p in v['argmax']},
+                        'max_jump': max(v['argmax'][p]['max_jump'] for p in PARTS if p in v['argmax']), **{k: v[k] for k in ('accuracy', 'accuracy_whole_test', 'quality', 'cal_quality', 'cost_rel', 'cal_cost_rel') if k in v},
+                        **({f'robustness_calibrated_{p}': v['calibrated'][p]['robustness'] for p in PARTS if p in v['calibrated']} if 'calibrated' in v else {})}
                     for m, v in c['margins'].items()}
+        if c.get('chosen_margin'): out[key]['chosen_margin'] = c['chosen_margin']
     return out
 
-SHOWN = ('0', '0.1/cheaper', '0.1/capable', 'ordinal')
+def headline(out:dict)->dict:
+    "The issue's bars: the default artifact on the default data (its own decision), and each router on LLMRouter with the margin rule chosen on the calibration split."
+    h = {}
+    d = out['datasets'].get('default')
+    if d:
+        for key, c in d['configs'].items():
+            if c['router'] != 'default' or not c['canonicalize']: continue
+            v = c['margins'].get('default', c['margins']['0'])
+            h['default_router'] = {'config': key, 'settings': c.get('settings'), 'accuracy': v['accuracy'], 'accuracy_whole_test': v.get('accuracy_whole_test'),
+                                   **{f'robustness_{p}': v['argmax'][p]['robustness'] for p in PARTS if p in v['argmax']},
+                                   **{f'flips_over_1_apart_{p}': v['argmax'][p]['flips_over_1_apart'] for p in PARTS if p in v['argmax']}}
+        for key, c in d['configs'].items():
+            if c['router'] == 'knn30' and c['canonicalize']:
+                v = c['margins']['0']
+                h['knn30_before'] = {'accuracy': v['accuracy'], 'accuracy_whole_test': v.get('accuracy_whole_test'), **{f'robustness_{p}': v['argmax'][p]['robustness'] for p in PARTS if p in v['argmax']},
+                                     **{f'flips_over_1_apart_{p}': v['argmax'][p]['flips_over_1_apart'] for p in PARTS if p in v['argmax']}}
+    l = out['datasets'].get('llmrouter')
+    if l:
+        rows = {key: c['chosen_margin'] for key, c in l['configs'].items() if c.get('chosen_margin')}
+        h['llmrouter'] = rows
+        canon = {k: v for k, v in rows.items() if l['configs'][k]['canonicalize']} or rows
+        if canon:
+            best = max(canon, key=lambda k: canon[k]['test']['cal_quality_no_margin'])
+            h['llmrouter_best'] = {'config': best, **canon[best]}
+    return h
+
+SHOWN = ('0', '0.1/cheaper', '0.1/capable', 'ordinal', 'smooth 0.5', 'default')
 
 def markdown(out:dict)->str:
-    "The headline tables: robustness (seen / held-out variants), worst family, jumps and quality, per router and remedy; then per family for each router's best."
+    "The headline tables: robustness (seen / held-out / fresh variants), worst family, jumps and quality, per router and remedy; then per family."
     lines = []
     for name, res in out['datasets'].items():
         q = 'accuracy' if res['kind'] == 'tiers' else 'cal_quality'
+        parts = [p for p in PARTS if any(p in v['argmax'] for c in res['configs'].values() for v in c['margins'].values())]
         lines += [f"### {name} ({res['n_test']} test requests rewritten, routers fitted on {res['n_fit']}; {len(out['meta']['variants'])} rewrite variants)", '',
-                  f"| router | remedies | robustness (seen) | held-out | worst family, seen (flips) | flips > 1 target apart (seen / held-out) | max jump | {q} |", '|---|---|---:|---:|---|---:|---:|---:|']
+                  '| router | remedies | ' + ' | '.join(f'robustness, {PART_TITLE[p]}' for p in parts) + f" | worst family, seen (flips) | flips > 1 target apart ({' / '.join(PART_TITLE[p] for p in parts)}) | max jump | {q if q != 'accuracy' else 'accuracy, rewritten sample (whole test split)'} |",
+                  '|---|---|' + '---:|' * len(parts) + '---|---:|---:|---:|']
         for key, c in res['configs'].items():
             for m, v in c['margins'].items():
                 if m not in SHOWN: continue
-                a = v['argmax']['seen']; h = v['argmax']['heldout']
+                a = v['argmax']['seen']
                 worst = max(a['families'].items(), key=lambda kv: kv[1]['flip_share'])
-                dec = '' if m == '0' else ('ordinal decision' if m.startswith('ordinal') else f"margin {m}")
+                dec = '' if m == '0' else (f"own decision ({v['policy']} {v['param']})" if m == 'default' else 'ordinal decision' if m.startswith('ordinal') else m if m.startswith('smooth') else f"margin {m}")
                 rem = ' + '.join(x for x in [('canonicalise' + (c.get('tag') or '') if c['canonicalize'] else ''), dec] if x) or '–'
-                lines.append(f"| {c['router']} | {rem} | {a['robustness']:.3f} | {h['robustness'] if h['robustness'] is None else round(h['robustness'], 3)} | "
-                             f"{worst[0]} ({worst[1]['flip_share']:.1%}) | {a['flips_over_1_apart']} / {h['flips_over_1_apart']} | {max(a['max_jump'], h['max_jump'])} | {v.get(q, float('nan')):.3f} |")
+                rb = lambda p: '–' if p not in v['argmax'] or v['argmax'][p]['robustness'] is None else f"{v['argmax'][p]['robustness']:.3f}"
+                lines.append(f"| {c['router']} | {rem} | " + ' | '.join(rb(p) for p in parts) + f" | {worst[0]} ({worst[1]['flip_share']:.1%}) | "
+                             + ' / '.join(str(v['argmax'][p]['flips_over_1_apart']) if p in v['argmax'] else '–' for p in parts)
+                             + f" | {max(v['argmax'][p]['max_jump'] for p in parts if p in v['argmax'])} | {v.get(q, float('nan')):.3f}"
+                             + (f" ({v['accuracy_whole_test']:.3f})" if 'accuracy_whole_test' in v else '') + ' |')
         lines.append('')
+        chosen = [(k, c) for k, c in res['configs'].items() if c.get('chosen_margin')]
+        if chosen:
+            lines += [f'Margin rule chosen on the calibration split ({name}: max seen robustness of the rewritten calibration requests, calibrated quality within {QUALITY_SLACK} of no margin there), and its test result:', '',
+                      '| router | rule | calibration: quality (no margin) | calibration: robustness | test: cal_quality (no margin) | test: robustness ' + ' / '.join(PART_TITLE[p] for p in parts) + ' |',
+                      '|---|---|---:|---:|---:|---:|']
+            for k, c in chosen:
+                ch = c['chosen_margin']; t = ch['test']
+                lines.append(f"| {k} | {ch['rule']} | {ch['tune']['cal_quality']:.4f} ({ch['tune_no_margin']['cal_quality']:.4f}) | {ch['tune']['robustness_seen']:.3f} | "
+                             f"{t['cal_quality']:.4f} ({t['cal_quality_no_margin']:.4f}) | " + ' / '.join(f"{t[f'robustness_{p}']:.3f}" if f'robustness_{p}' in t else '–' for p in parts) + ' |')
+            lines.append('')
         fams = list(dict.fromkeys(f['family'] for f in out['meta']['variants']))
-        lines += [f"Flip share per family, seen variants / held-out variants ({name}, margin 0 unless named):", '',
+        lines += [f"Flip share per family, {' / '.join(PART_TITLE[p] for p in parts)} variants ({name}):", '',
                   '| router | remedies | ' + ' | '.join(fams) + ' |', '|---|---|' + '---:|' * len(fams)]
         for key, c in res['configs'].items():
-            for m in ('0', 'ordinal'):
+            for m in ('0', 'default'):
                 v = c['margins'].get(m)
                 if v is None: continue
-                cell = lambda f: '/'.join('–' if f not in v['argmax'][part]['families'] else f"{v['argmax'][part]['families'][f]['flip_share']:.1%}" for part in ('seen', 'heldout'))
-                rem = ' + '.join(x for x in [('canonicalise' if c['canonicalize'] else ''), ('ordinal' if m == 'ordinal' else '')] if x) or '–'
+                cell = lambda f: '/'.join('–' if p not in v['argmax'] or f not in v['argmax'][p]['families'] else f"{v['argmax'][p]['families'][f]['flip_share']:.1%}" for p in parts)
+                rem = ' + '.join(x for x in [('canonicalise' if c['canonicalize'] else ''), (f"{v['policy']} {v['param']}" if m == 'default' else '')] if x) or '–'
                 lines.append(f"| {c['router']} | {rem} | " + ' | '.join(cell(f) for f in fams) + ' |')
         lines.append('')
     return '\n'.join(lines)
@@ -286,6 +371,7 @@ def merge(paths:list, out:str):
             else:
                 for k, c in r['configs'].items(): c['canonicalize_spec'] = d['meta'].get('canonicalize'); res['datasets'][name]['configs'].setdefault(k, c)
     for k in ('command', 'loadavg_start', 'loadavg_end', 'wall_s'): res['meta'].pop(k, None)
+    res['headline'] = headline(res)
     p = Path(out); tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(res, indent=1)); os.replace(tmp, p)
     p.with_suffix('.md').write_text(markdown(res))
     return res
@@ -301,6 +387,9 @@ def main():
     ap.add_argument('--all-variants', action='store_true', help='every variant in rewrites.json')
     ap.add_argument('--routers', default=KINDS)
     ap.add_argument('--ordinal-levels', default='0.5', help='tier data: cumulative levels of the ordinal decision to measure (0.5: the median tier)')
+    ap.add_argument('--smooth', default='0.5', help='tier data: neighbour weights of the smooth decision to measure')
+    ap.add_argument('--fresh', help='an extra rewrites file (the format of query_router/rewrites.json) whose every variant is reported apart, as "fresh (blind)"')
+    ap.add_argument('--n-tune-rewrites', type=int, default=200, help='LLMRouter: calibration-split requests rewritten (seen variants) to choose the margin rule')
     ap.add_argument('--no-canon', action='store_true')
     ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. adding final_punctuation')
     ap.add_argument('--only-canon', action='store_true', help='skip the routers without canonicalisation')
@@ -314,19 +403,20 @@ def main():
     ap.add_argument('--merge', nargs='+', help='join these result files into --out instead of running')
     args = ap.parse_args()
     if args.merge: return merge(args.merge, args.out)
-    args.margins = [float(m) for m in args.margins.split(',')]; args.ordinal_levels = [float(x) for x in args.ordinal_levels.split(',')]
+    args.margins = [float(m) for m in args.margins.split(',')]; args.ordinal_levels = [float(x) for x in args.ordinal_levels.split(',')]; args.smooth = [float(x) for x in args.smooth.split(',') if x]
     global LAMBDA_STRIDE; LAMBDA_STRIDE = args.lambda_stride
     t0, load0 = time.time(), os.getloadavg()
     log = lambda s: print(f'[{time.time() - t0:6.0f}s] {s}', flush=True)
     fams = load_rewrites()
     if args.all_variants: variants = select_variants(fams, None)
     else: variants = default_variants(fams, args.per_family, args.heldout_per_family, args.heldout_families)
+    if args.fresh: variants += [(f, {**v, 'fresh': True}) for f, v in select_variants(load_rewrites(args.fresh), None)] # every variant of the blind file
     spec = None if args.no_canon else load_canon_spec(steps=args.canon_steps.split(',') if args.canon_steps else None)
     emb = MergingCache(cache_dir=args.cache)
     emb.check_uncased()
     names = [args.only] if args.only else ['default'] + (['llmrouter'] if has_shared_data() else [])
-    out = {'meta': {'what': 'share of routes that flip when a test request is rewritten harmlessly; robustness = 1 - mean over families of that share (seen variants; held-out separately)',
-                    'variants': [{'family': f, 'name': v['name'], 'heldout': bool(v.get('heldout'))} for f, v in variants],
+    out = {'meta': {'what': 'share of routes that flip when a test request is rewritten harmlessly; robustness = 1 - mean over families of that share (seen variants; held-out and fresh (blind, --fresh) variants separately)',
+                    'variants': [{'family': f, 'name': v['name'], 'heldout': bool(v.get('heldout')), 'part': part_of(v)} for f, v in variants], 'fresh_file': args.fresh,
                     'canonicalize': spec, 'margins': args.margins, 'lambda_stride': args.lambda_stride, 'n': args.n, 'seed': args.seed, 'embedder': str(emb.name),
                     'command': 'python bench/robustness.py ' + ' '.join(sys.argv[1:]), 'embedding_shared_up_to_case_and_whitespace': emb.same_tokens, 'host': platform.node(), 'cpu_count': os.cpu_count(), 'loadavg_start': load0},
            'datasets': {}}
@@ -342,6 +432,7 @@ def main():
             res = run_dataset(name, args, emb, variants, spec, work, log)
             res['summary'] = pick(res, name)
             out['datasets'][name] = res
+            out['headline'] = headline(out)
             out['meta'].update(loadavg_end=os.getloadavg(), wall_s=round(time.time() - t0, 1))
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, p)

@@ -29,9 +29,9 @@ def rules():
     out = {'argmax': ('argmax (the default)', lambda S: decide(S)),
            'ordinal': ('median tier (policy ordinal, level 0.5)', lambda S: decide(S, 'ordinal', 0.5))}
     for m in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 1.0):
-        out[f'middle {m:g}'] = (f'the best two >= 2 tiers apart and within {m:g}: the best target between them (policy argmax, guard {m:g})', lambda S, m=m: _middle(S, m))
+        out[f'middle {m:g}'] = (f'the best two >= 2 tiers apart and within {m:g}: the best target between them (a prototype)', lambda S, m=m: _middle(S, m)) # a prototype, not served (it did not remove the jumps)
     for a in (0.1, 0.2, 0.3, 0.5):
-        out[f'smooth {a:g}'] = (f'scores + {a:g} × both neighbouring tiers\' scores, then argmax', lambda S, a=a: decide(_smooth(S, a)))
+        out[f'smooth {a:g}'] = (f'scores + {a:g} × both neighbouring tiers\' scores, then argmax (policy smooth, param {a:g})', lambda S, a=a: decide(S, 'smooth', a))
     for b in (0.05, 0.1, 0.2, 0.3, 0.5):
         out[f'expected loss {b:g}'] = (f'minimum expected loss, loss = [wrong tier] + {b:g} × tiers apart', lambda S, b=b: decide(_exploss(S, b)))
     return out
@@ -43,10 +43,6 @@ def _middle(S, m):
     lo, hi = np.minimum(a, b), np.maximum(a, b); t = np.arange(S.shape[1])
     inner = np.where((t[None] > lo[:, None]) & (t[None] < hi[:, None]), S, -np.inf).argmax(1)
     return np.where(close, inner, decide(S))
-
-def _smooth(S, a):
-    Z = np.pad(S, ((0, 0), (1, 1)))
-    return S + a * (Z[:, :-2] + Z[:, 2:])
 
 def _exploss(S, b):
     t = S.shape[1]; D = np.abs(np.arange(t)[:, None] - np.arange(t)[None, :])
@@ -84,7 +80,7 @@ def main():
     for k in (30, 50, 75, 100):
         for T in (None, 0.05, 0.1, 0.15, 0.2, 0.3):
             for a in SMOOTH:
-                e = evaluate(P, k, T, lambda S, a=a: decide(_smooth(S, a))); e.pop('cv_folds')
+                e = evaluate(P, k, T, lambda S, a=a: decide(S, 'smooth', a)); e.pop('cv_folds')
                 joint.append({'k': k, 'temperature': T, 'smooth': a, **e})
     base = next(r for r in res if r['k'] == 30 and r['temperature'] is None and r['rule'] == 'argmax')
     fewest = min(r['validation_flips_over_1_apart'] for r in joint)
