@@ -58,7 +58,7 @@ def robustness(i0, iv_by_variant, fam_of):
         jumps += int((np.abs(iv - i0) > 1).sum())
     return 1 - float(np.mean([np.mean(v) for v in fams.values()])), jumps
 
-def prepare(cache, folds=5, repeats=3, seed=0, log=print, pool='train'):
+def prepare(cache, folds=5, repeats=3, seed=0, log=print, pool='train', cv_rewrites=False):
     "Everything both benchmarks need: canonicalised embeddings of the training and validation splits and of the validation split's seen rewrites, the grouped folds."
     from robustness import MergingCache
     t0 = time.time()
@@ -72,6 +72,13 @@ def prepare(cache, folds=5, repeats=3, seed=0, log=print, pool='train'):
     allr = list(dict.fromkeys(t for ts in rew.values() for t in ts))
     for i in range(0, len(allr), 400): emb.encode(allr[i:i + 400], progress=False); emb.save()
     Xv = {vn: unit(emb.encode(ts, progress=False)) for vn, ts in rew.items()}
+    Xcv_rw = None
+    if cv_rewrites: # the seen rewrites of every cross-validated query (train, and validation in the pool): jumps counted over ~4x more requests
+        qs = tr.queries + (va.queries if pool == 'train+validation' else [])
+        rw = {vn: canon([rewrite(q, v) for q in qs]) for vn, (f, v) in zip(vnames, variants)}
+        allr = list(dict.fromkeys(t for ts in rw.values() for t in ts))
+        for i in range(0, len(allr), 400): emb.encode(allr[i:i + 400], progress=False); emb.save()
+        Xcv_rw = {vn: unit(emb.encode(ts, progress=False)) for vn, ts in rw.items()}
     log(f'embedded ({time.time() - t0:.0f}s)')
     groups = tr.frame['group'].astype(str).to_numpy()
     Xcv, Scv = Xtr, tr.scores().astype(np.float32)
@@ -84,8 +91,9 @@ def prepare(cache, folds=5, repeats=3, seed=0, log=print, pool='train'):
         fold_sets.append(np.array([fog[g] for g in groups]))
     kmax = max(KS)
     cvnb = [[(f == i, f != i, *topk(Xcv[f == i], Xcv[f != i], kmax)) for i in range(folds)] for f in fold_sets]
+    cvrw = [[{vn: topk(x[f == i], Xcv[f != i], kmax) for vn, x in Xcv_rw.items()} for i in range(folds)] for f in fold_sets] if Xcv_rw else None
     return dict(tr=tr, va=va, pool=pool, Scv=Scv, ycv=Scv.argmax(1), Str=tr.scores().astype(np.float32), yva=va.scores().argmax(1),
-                vnames=vnames, fam_of=fam_of, va0=topk(Xva, Xtr, kmax), vav={vn: topk(x, Xtr, kmax) for vn, x in Xv.items()}, cv=cvnb,
+                vnames=vnames, fam_of=fam_of, va0=topk(Xva, Xtr, kmax), vav={vn: topk(x, Xtr, kmax) for vn, x in Xv.items()}, cv=cvnb, cv_rewrites=cvrw,
                 folds=folds, repeats=repeats, n_train=len(tr), n_validation=len(va))
 
 def evaluate(P, k, T, rule=lambda S: decide(S)):
@@ -95,8 +103,17 @@ def evaluate(P, k, T, rule=lambda S: decide(S)):
     ch0 = rule(scores_for(*P['va0'], Str, k, T))
     chv = {vn: rule(scores_for(i, s, Str, k, T)) for vn, (i, s) in P['vav'].items()}
     rob, jumps = robustness(ch0, chv, P['fam_of'])
-    return {'cv_accuracy': float(np.mean(acc)), 'cv_folds': acc, 'validation_accuracy': float((ch0 == P['yva']).mean()),
-            'validation_robustness_seen': rob, 'validation_flips_over_1_apart': jumps}
+    out = {'cv_accuracy': float(np.mean(acc)), 'cv_folds': acc, 'validation_accuracy': float((ch0 == P['yva']).mean()),
+           'validation_robustness_seen': rob, 'validation_flips_over_1_apart': jumps}
+    if P.get('cv_rewrites'): # every cross-validated query's seen rewrites, routed by the other folds (per repeat; jumps summed over repeats)
+        robs, js = [], 0
+        for rep, rrw in zip(P['cv'], P['cv_rewrites']):
+            for (te, fi, i, s), nb in zip(rep, rrw):
+                c0 = rule(scores_for(i, s, P['Scv'][fi], k, T))
+                r_, j_ = robustness(c0, {vn: rule(scores_for(ii, ss, P['Scv'][fi], k, T)) for vn, (ii, ss) in nb.items()}, P['fam_of'])
+                robs.append(r_); js += j_
+        out.update(cv_robustness_seen=float(np.mean(robs)), cv_flips_over_1_apart=js)
+    return out
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -22,7 +22,7 @@ from query_router.router import decide
 from knn_temperature import prepare, evaluate, scores_for
 
 SETTINGS = ((30, None), (75, 0.15), (50, 0.2), (50, 0.1))
-SMOOTH = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+SMOOTH = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6)
 
 def rules():
     "name -> (description, scores -> choice). `decide` names the rules the package serves."
@@ -69,29 +69,29 @@ def main():
     ap.add_argument('--out', default=str(ROOT/'bench'/'results'/'route_jumps.json'))
     args = ap.parse_args()
     t0, load0 = time.time(), os.getloadavg()
-    P = prepare(args.cache, pool='train+validation')
+    P = prepare(args.cache, pool='train+validation', cv_rewrites=True)
     R = rules(); res = []
     for k, T in SETTINGS:
         for name, (what, f) in R.items():
             e = evaluate(P, k, T, f); e.pop('cv_folds')
             res.append({'k': k, 'temperature': T, 'rule': name, 'what': what, **e})
-            print(f"k={k:3} T={T!s:5} {name:18} cv {e['cv_accuracy']:.3f} val {e['validation_accuracy']:.3f} rob {e['validation_robustness_seen']:.3f} jumps {e['validation_flips_over_1_apart']}", flush=True)
+            print(f"k={k:3} T={T!s:5} {name:18} cv {e['cv_accuracy']:.3f} val {e['validation_accuracy']:.3f} rob {e['validation_robustness_seen']:.3f} jumps {e['validation_flips_over_1_apart']} | cv rob {e['cv_robustness_seen']:.3f} cv jumps {e['cv_flips_over_1_apart']}", flush=True)
     joint = [] # the smoothing chosen together with k and T: every combination, argmax of the smoothed scores
-    for k in (30, 50, 75, 100):
-        for T in (None, 0.05, 0.1, 0.15, 0.2, 0.3):
+    for k in (30, 50, 75):
+        for T in (None, 0.05, 0.1, 0.15, 0.2):
             for a in SMOOTH:
                 e = evaluate(P, k, T, lambda S, a=a: decide(S, 'smooth', a)); e.pop('cv_folds')
                 joint.append({'k': k, 'temperature': T, 'smooth': a, **e})
     base = next(r for r in res if r['k'] == 30 and r['temperature'] is None and r['rule'] == 'argmax')
-    fewest = min(r['validation_flips_over_1_apart'] for r in joint)
-    ok = [r for r in joint if r['validation_flips_over_1_apart'] == fewest and r['cv_accuracy'] >= base['cv_accuracy'] - 0.01]
-    choice = max(ok, key=lambda r: (round(r['cv_accuracy'], 3), r['validation_robustness_seen'])) if ok else None
-    print('choice', choice)
+    fewest = lambda rows: min(rows, key=lambda r: (r['cv_flips_over_1_apart'] + r['validation_flips_over_1_apart'], -round(r['cv_accuracy'], 3))) if rows else None
+    choice = fewest([r for r in joint if r['cv_accuracy'] >= base['cv_accuracy'] - 1e-9]) # no accuracy cost at all: the CV estimate is noisy, the bar's 0.01 is left as a safety margin
+    within_001 = fewest([r for r in joint if r['cv_accuracy'] >= base['cv_accuracy'] - 0.01]) # spending the whole 0.01: reported, not the default
+    print('choice', choice); print('within 0.01', within_001)
     why = {f'k={k}, T={T}': jumping(P, k, T) for k, T in SETTINGS[:2]}
-    out = {'what': 'decision rules against jumps of more than one tier, default data, chosen on the training side (CV over train+validation; validation rewrites routed by the train split); test split unused',
+    out = {'what': 'decision rules against jumps of more than one tier, default data, chosen on the training side (CV over train+validation with every CV query\'s seen rewrites; validation rewrites routed by the train split); test split unused',
            'command': 'python bench/route_jumps.py ' + ' '.join(sys.argv[1:]), 'cv': 'grouped, 5 folds x 3 repeats over train+validation', 'seen_variants': P['vnames'],
-           'n_validation': P['n_validation'], 'results': res, 'joint': joint, 'baseline_knn30_argmax': base, 'choice': choice,
-           'choice_rule': 'among (k, T, smooth) with the fewest validation flips more than one tier apart and CV accuracy within 0.01 of knn30/argmax, the best CV accuracy (rounded to 0.001), ties to the higher validation robustness', 'jumping_queries': why,
+           'n_validation': P['n_validation'], 'results': res, 'joint': joint, 'baseline_knn30_argmax': base, 'choice': choice, 'fewest_jumps_within_0.01': within_001,
+           'choice_rule': 'among (k, T, smooth) whose CV accuracy is at least knn30/argmax\'s: the fewest flips more than one tier apart (the cross-validated queries\' seen rewrites, 3 repeats, plus the validation split\'s), ties to the best CV accuracy (rounded to 0.001). fewest_jumps_within_0.01: the same with CV accuracy down to knn30\'s - 0.01', 'jumping_queries': why,
            'loadavg_start': load0, 'loadavg_end': os.getloadavg(), 'wall_s': round(time.time() - t0, 1)}
     p = Path(args.out); tmp = p.with_name(f'.{p.name}.tmp'); tmp.write_text(json.dumps(out, indent=1)); os.replace(tmp, p)
     for k, v in why.items(): print(k, {kk: vv for kk, vv in v.items() if kk != 'examples'})
