@@ -29,7 +29,7 @@ spec = load_canon_spec(); out = {'command': 'python bench/robustness_ordinal.py 
 rules = {'argmax': lambda S: decide(S), 'ordinal': lambda S: decide(S, 'ordinal', 0.5), **{f'smooth {a:g}': (lambda a: lambda S: decide(S, 'smooth', a))(a) for a in (0.2, 0.3, 0.4, 0.5)}}
 with tempfile.TemporaryDirectory() as w:
     base = rb.build_knn(tr, emb, 100, w, spec)
-    for k, T in ((30, None), (DEFAULT_K, DEFAULT_TEMPERATURE), (50, None), (75, 0.15)):
+    for k, T in dict.fromkeys(((30, None), (DEFAULT_K, DEFAULT_TEMPERATURE), (50, None), (50, 0.1), (75, 0.15))):
         r = KNNRouter(base.path, emb, k=k, temperature=T)
         for name, d in (('valid', va), ('test', te)):
             S = r.score_batch(d.queries); y = ev.label_index(d)
