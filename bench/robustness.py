@@ -425,7 +425,10 @@ def main():
     if p.exists(): # another dataset's results from an earlier invocation stay
         try:
             old = json.loads(p.read_text())
-            if old.get('meta', {}).get('variants') == out['meta']['variants']: out['datasets'].update({k: v for k, v in old.get('datasets', {}).items() if k not in names})
+            if old.get('meta', {}).get('variants') == out['meta']['variants']:
+                kept = {k: v for k, v in old.get('datasets', {}).items() if k not in names}
+                out['datasets'].update(kept)
+                if kept: out['meta']['earlier_runs'] = old['meta'].get('earlier_runs', []) + [{k: old['meta'].get(k) for k in ('command', 'loadavg_start', 'loadavg_end', 'wall_s')} | {'datasets': list(kept)}]
         except (json.JSONDecodeError, AttributeError): pass
     with tempfile.TemporaryDirectory(prefix='qr-robust-') as work:
         for name in names:
