@@ -140,6 +140,7 @@ def check_settings(s:dict, mf, targets:list[dict]|None=None, field:str='settings
     p = s.get('policy', 'argmax')
     if p not in POLICIES: raise _bad(mf, f'{field}.policy', f"is {p!r}; use one of {list(POLICIES)}")
     if s.get('param') is not None and not _is_num(s['param']): raise _bad(mf, f'{field}.param', f"must be a finite number or null, not {s['param']!r}")
+    if (bad := param_problem(p, s.get('param'))): raise _bad(mf, f'{field}.param', bad)
     if 'k' in s and not (_is_int(s['k']) and s['k'] >= 1): raise _bad(mf, f'{field}.k', f"must be an integer >= 1, not {s['k']!r}")
     if p == 'utility' and targets is not None and any(t.get('cost') is None for t in targets):
         raise _bad(mf, f'{field}.policy', "is 'utility', which needs every target's cost, and some targets have none")

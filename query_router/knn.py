@@ -324,8 +324,6 @@ def check_knn_manifest(m:dict, path):
     check_index_settings(m['settings'].get('index'), mf)
     try: check_temperature(m['settings'].get('temperature'))
     except ValueError as e: raise _bad(mf, 'settings.temperature', str(e).split('temperature ', 1)[1]) from None
-    if m['settings'].get('policy') == 'smooth' and m['settings'].get('param') is not None and not 0 <= m['settings']['param'] <= 1:
-        raise _bad(mf, 'settings.param', f"is the smooth policy's neighbour weight: a number in [0, 1], not {m['settings']['param']!r}")
     kind = m['settings']['index']['kind']
     need = ['embeddings.npy', 'scores.npy'] + [f'{c}{e}' for c in cols for e in ('.utf8', '.offsets.npy')] + ([INDEX_FILES[kind]] if INDEX_FILES[kind] else [])
     miss = [f for f in need if f not in m['files']]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np
-from .router import POLICIES, decide, resolve_policy
+from .router import POLICIES, decide, resolve_policy, param_problem
 
 # %% ../nbs/10_proxy.ipynb #35293d0f
 @dataclass
@@ -55,11 +55,8 @@ class ProxyConfig:
     source:str = 'backends'
 
 def check_param(policy:str, param:float|None, where:str='param'):
-    "A `ValueError` when `param` is out of range for `policy` (threshold in [0, 1], utility's λ ≥ 0, ordinal level in (0, 1])."
-    if param is None: return
-    if policy == 'threshold' and not 0 <= param <= 1: raise ValueError(f"{where}: the threshold τ must be between 0 and 1, not {param:g}")
-    if policy == 'utility' and not param >= 0: raise ValueError(f"{where}: the utility cost weight λ must be 0 or more, not {param:g}")
-    if policy == 'ordinal' and not 0 < param <= 1: raise ValueError(f"{where}: the ordinal level must be in (0, 1], not {param:g}")
+    "A `ValueError` when `param` is out of range for `policy` (`router.param_problem`: threshold in [0, 1], utility's λ ≥ 0, ordinal level in (0, 1], smooth weight in [0, 1])."
+    if (bad := param_problem(policy, param)): raise ValueError(f"{where} {bad}")
 
 # %% ../nbs/10_proxy.ipynb #4e56f41e
 _BACKEND_FIELDS = ('base_url', 'model', 'api_key_env', 'timeout', 'connect_timeout', 'deadline')
@@ -180,14 +177,14 @@ class ApiError(ValueError):
     @property
     def status_code(self)->int: return self.status # as `openai.APIStatusError` calls it
 
-_ROUTER_MODEL = re.compile(r'^router(?:-(argmax|threshold|utility|ordinal)(?:-(.+))?)?$')
+_ROUTER_MODEL = re.compile(r'^router(?:-(argmax|threshold|utility|ordinal|smooth)(?:-(.+))?)?$')
 
 def parse_model(model, # the request's `model`
                 targets:list, # targets with a backend, cheapest first
                 known:list|None=None, # all of the router's targets
                )->tuple:
     "('pin', target) or ('route', policy, param) for a request's `model`; `ApiError` otherwise."
-    names = ['router', 'router-argmax', 'router-threshold-<τ>', 'router-utility-<λ>', 'router-ordinal-<level>'] + list(targets)
+    names = ['router', 'router-argmax', 'router-threshold-<τ>', 'router-utility-<λ>', 'router-ordinal-<level>', 'router-smooth-<weight>'] + list(targets)
     if model is None: raise ApiError(400, f"missing 'model'; use one of {names}", param='model')
     if not isinstance(model, str): raise ApiError(400, f"'model' must be a string, not {type(model).__name__}", param='model')
     if model in targets: return ('pin', model)

@@ -8,8 +8,8 @@ import functools
 import numpy as np
 
 # %% auto #0
-__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'adjusted_scores', 'smoothed_scores', 'cumulative_shares',
-           'ordinal_choice', 'decide', 'margins', 'Router', 'resolve_policy', 'respond']
+__all__ = ['POLICIES', 'DEFAULT_PARAMS', 'TIE_BREAKS', 'PARAM_RANGES', 'adjusted_scores', 'smoothed_scores', 'cumulative_shares',
+           'ordinal_choice', 'decide', 'param_problem', 'margins', 'Router', 'resolve_policy', 'respond']
 
 # %% ../nbs/03_router.ipynb #622d4966
 POLICIES = ('argmax', 'threshold', 'utility', 'ordinal', 'smooth')
@@ -88,6 +88,23 @@ def decide(scores:np.ndarray, # shape (n, targets) or (targets,), targets cheape
     if policy != 'threshold': return best
     ok = s >= float(param) - _TIE
     return np.where(ok.any(1), ok.argmax(1), best)
+
+# %% ../nbs/03_router.ipynb #586142ec
+PARAM_RANGES = {'threshold': ("the threshold policy's quality bar τ", 0, 1, True), 'utility': ("the utility policy's cost weight λ", 0, None, True),
+                'ordinal': ("the ordinal policy's cumulative level", 0, 1, False), 'smooth': ("the smooth policy's neighbour weight", 0, 1, True)}
+
+def param_problem(policy:str, # one of `POLICIES`
+                  param, # the policy's parameter (None: its default)
+                 )->str|None:
+    "What is wrong with `param` for `policy`, or None when it is usable: one check shared by `decide`'s callers, serve, the proxy and the artifacts."
+    if param is None: return None
+    if isinstance(param, bool) or not isinstance(param, (int, float)) or not np.isfinite(param): return f"must be a finite number, not {param!r:.60}"
+    if policy not in PARAM_RANGES: return None
+    what, lo, hi, lo_in = PARAM_RANGES[policy]
+    if (param < lo if lo_in else param <= lo) or (hi is not None and param > hi):
+        rng = f"{'[' if lo_in else '('}{lo}, {hi}]" if hi is not None else f">= {lo}"
+        return f"is {what}: a number in {rng}, not {param!r}" if hi is not None else f"is {what}: a number {rng}, not {param!r}"
+    return None
 
 # %% ../nbs/03_router.ipynb #5776a002
 def margins(scores:np.ndarray, # (n, targets) or (targets,)

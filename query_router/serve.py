@@ -73,10 +73,7 @@ def routing_options(body:dict, router:Router, max_k:int=1000)->dict:
     if param is not None and (isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param)):
         raise BadRequest(422, f"'param' must be a finite number, not {param!r:.60}")
     name = policy or router.default_policy
-    if param is not None and name == 'threshold' and not 0 <= param <= 1: raise BadRequest(422, f"'param' is the threshold policy's quality bar: a number from 0 to 1, not {param!r}")
-    if param is not None and name == 'utility' and param < 0: raise BadRequest(422, f"'param' is the utility policy's cost weight: a number >= 0, not {param!r}")
-    if param is not None and name == 'ordinal' and not 0 < param <= 1: raise BadRequest(422, f"'param' is the ordinal policy's cumulative level: a number in (0, 1], not {param!r}")
-    if param is not None and name == 'smooth' and not 0 <= param <= 1: raise BadRequest(422, f"'param' is the smooth policy's neighbour weight: a number from 0 to 1, not {param!r}")
+    if (bad := param_problem(name, param)): raise BadRequest(422, f"'param' {bad}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_k): raise BadRequest(422, f"'k' must be an integer from 1 to {max_k}, not {k!r:.60}")
     if name == 'utility' and router.costs is None: raise BadRequest(422, "the utility policy needs target costs, and this router has none")
     return {'policy': policy, 'param': param, 'k': k}

@@ -100,7 +100,10 @@ def test_bad_temperature_in_manifest_is_refused(tmp_path, embedder, bad):
     with pytest.raises(ArtifactError, match=r"settings.temperature"): load_router(art, embedder=embedder)
 
 def test_bad_smooth_param_in_manifest_is_refused(tmp_path, embedder):
-    _, art = _graded(embedder, tmp_path, {'k': 2, 'policy': 'smooth', 'param': 3})
+    with pytest.raises(ArtifactError, match=r"settings.param' is the smooth policy's neighbour weight"): _graded(embedder, tmp_path/'b', {'k': 2, 'policy': 'smooth', 'param': 3}) # refused at build
+    _, art = _graded(embedder, tmp_path, {'k': 2, 'policy': 'smooth', 'param': 0.5})
+    m = json.loads((art/'manifest.json').read_text()); m['settings']['param'] = 3
+    (art/'manifest.json').write_text(json.dumps(m)) # settings are outside the manifest's integrity digest (calibration edits them)
     with pytest.raises(ArtifactError, match=r"settings.param' is the smooth policy's neighbour weight"): KNNRouter(art, embedder)
 
 def test_cli_writes_temperature_and_k(tmp_path, default_data):

@@ -264,17 +264,18 @@ def test_lone_surrogates_are_replaced_and_routed(shared_client, backends, router
 @pytest.mark.parametrize('model,ok', [('router-threshold-1.5', False), ('router-threshold--0.1', False), ('router-utility--1', False),
                                       ('router-threshold-nan', False), ('router-utility-inf', False), ('router-threshold-1e999', False),
                                       ('router-threshold-0', True), ('router-threshold-1', True), ('router-utility-0', True),
-                                      ('router-ordinal-0.5', True), ('router-ordinal-1', True), ('router-ordinal-0', False), ('router-ordinal-1.5', False)])
+                                      ('router-ordinal-0.5', True), ('router-ordinal-1', True), ('router-ordinal-0', False), ('router-ordinal-1.5', False),
+                                      ('router-smooth-0.5', True), ('router-smooth-0', True), ('router-smooth-1.2', False), ('router-smooth--0.1', False)])
 def test_routing_parameters_are_range_checked(shared_client, model, ok):
     r = post(shared_client, chat('hi', model))
     assert r.status_code == (200 if ok else 400), r.text
     if not ok: assert r.json()['error']['param'] == 'model'
 
 def test_an_ordinal_level_out_of_range_in_the_backends_file_is_refused(router, backends):
-    with pytest.raises(ValueError, match='ordinal level must be in'): make_app(router, backends=config(backends[1], policy='ordinal', param=0))
+    with pytest.raises(ValueError, match=r'ordinal policy.s cumulative level: a number in \(0, 1\]'): make_app(router, backends=config(backends[1], policy='ordinal', param=0))
 
 def test_a_negative_utility_weight_in_the_backends_file_is_refused(router, backends):
-    with pytest.raises(ValueError, match='λ must be 0 or more'): make_app(router, backends=config(backends[1], policy='utility', param=-1))
+    with pytest.raises(ValueError, match='cost weight λ: a number >= 0'): make_app(router, backends=config(backends[1], policy='utility', param=-1))
 
 def test_the_margin_header(shared_client, router):
     from query_router.proxy import route_margin
