@@ -26,7 +26,7 @@ def _read_json(path, what:str)->dict:
     if not isinstance(d, dict): raise ValueError(f"{path}: expected a JSON object")
     return d
 
-# %% ../nbs/02a_canonical.ipynb #786f3c53
+# %% ../nbs/02a_canonical.ipynb #b718f303
 SPEC_VERSION = 2 # specs this package applies; version 1 (regex steps only) still loads and applies exactly as before
 _STEP_KINDS = {} # kind -> factory(params:dict, source:str) -> callable(text)->text
 
@@ -56,7 +56,7 @@ def make_step(name:str, rules, source:str='canonicalize spec'):
     if isinstance(rules, dict): raise ValueError(f"{source}: step {name!r}: unknown kind {rules.get('kind')!r}; this package knows {sorted(_STEP_KINDS)}")
     raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {rules!r:.80}")
 
-# %% ../nbs/02a_canonical.ipynb #15acce72
+# %% ../nbs/02a_canonical.ipynb #739943da
 _LOCK = threading.Lock()
 _WORDLISTS = {} # (kind, name) -> loaded object, once per process
 
@@ -144,7 +144,7 @@ def spelling_step(p:dict, source:str='spelling'):
         return ''.join(fix_part(s, counts) if ok else s for s, ok in parts)
     return run
 
-# %% ../nbs/02a_canonical.ipynb #4a535154
+# %% ../nbs/02a_canonical.ipynb #3304d09f
 @step_kind('chat_turn')
 def chat_turn_step(p:dict, source:str='chat_turn'):
     "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it) and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
@@ -164,8 +164,10 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
         return text
     return run
 
-# %% ../nbs/02a_canonical.ipynb #5992dc55
+# %% ../nbs/02a_canonical.ipynb #d2b2e43d
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
+_CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z])")
+_QUOTE = re.compile(r"[\"'“”‘’:`]")
 
 @step_kind('phatic')
 def phatic_step(p:dict, source:str='phatic'):
@@ -187,6 +189,14 @@ def phatic_step(p:dict, source:str='phatic'):
         if len(other) > (max_names if names_ok else 0): return False
         return all(i > first and w[0].isupper() for i, w in other) # only a name may be outside the lexicon, after the greeting ("Hi Sam")
     def content(t:str)->bool: return any(w.lower() not in fillers for w in _SEG_WORD.findall(t)) # something left to route
+    def tail_unpunctuated(text:str)->str:
+        "A sign-off appended without ending the request's last sentence first ('... in C Thanks!'): it must start with a capital and carry no name or quote."
+        start = text.rfind('\n') + 1
+        for m in _CAP_START.finditer(text, start):
+            seg = text[m.end():]
+            if _QUOTE.search(seg): continue
+            if phatic(seg.lstrip('¡¿'), names_ok=False) and content(text[:m.start()]): return text[:m.start()]
+        return text
     def run(text:str)->str:
         for _ in range(4): # a few segments each side ("Hi! Hope you are well. Quick question: ...")
             before = text
@@ -202,6 +212,7 @@ def phatic_step(p:dict, source:str='phatic'):
                 if t2 and t2.start() > 0 and phatic(t2.group(1), names_ok=False) and content(head[:t2.start()]): text = head[:t2.start()]
             m = tail.search(text)
             if m and m.start() > 0 and phatic(m.group(1)) and content(text[:m.start()]): text = text[:m.start()]
+            elif text == before: text = tail_unpunctuated(text)
             text = text.rstrip() if text != before else text
             if text == before: break
         return text
