@@ -26,7 +26,7 @@ def _read_json(path, what:str)->dict:
     if not isinstance(d, dict): raise ValueError(f"{path}: expected a JSON object")
     return d
 
-# %% ../nbs/02a_canonical.ipynb #b718f303
+# %% ../nbs/02a_canonical.ipynb #0c95a2f2
 SPEC_VERSION = 2 # specs this package applies; version 1 (regex steps only) still loads and applies exactly as before
 _STEP_KINDS = {} # kind -> factory(params:dict, source:str) -> callable(text)->text
 
@@ -56,7 +56,7 @@ def make_step(name:str, rules, source:str='canonicalize spec'):
     if isinstance(rules, dict): raise ValueError(f"{source}: step {name!r}: unknown kind {rules.get('kind')!r}; this package knows {sorted(_STEP_KINDS)}")
     raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {rules!r:.80}")
 
-# %% ../nbs/02a_canonical.ipynb #739943da
+# %% ../nbs/02a_canonical.ipynb #71eb77f3
 _LOCK = threading.Lock()
 _WORDLISTS = {} # (kind, name) -> loaded object, once per process
 
@@ -91,12 +91,12 @@ def _tokenizer_words(package:str)->frozenset:
         return frozenset(w for w in p.read_text(encoding='utf-8').split('\n') if w.isalpha())
     return _loaded(('vocab', package), load)
 
-_MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, URLs, e-mail, paths, tags
+_MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\"[^\"\n]*\"|“[^”]*”|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, double-quoted text, URLs, e-mail, paths, tags
 _WORD = re.compile(r"(?<![\w@/\\.])(?<!\w['’])([A-Z]?[a-z]+)(?![\w@/\\(]|\.\w|['’]\w)") # not a function call, a file name or a contraction # a plain word: letters only, at most a leading capital
 _ANYWORD = re.compile(r"[A-Za-z]{2,}")
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
 
-_SPELLING_VARIANTS = (('our', 'or'), ('tre', 'ter'), ('ise', 'ize'), ('isa', 'iza'), ('yse', 'yze'), ('ll', 'l'), ('ae', 'e'), ('oe', 'e'))
+_SPELLING_VARIANTS = (('our', 'or'), ('tre', 'ter'), ('ise', 'ize'), ('isa', 'iza'), ('yse', 'yze'), ('ae', 'e'), ('oe', 'e'))
 
 def _keep_case(word:str, fix:str)->str: return fix[:1].upper() + fix[1:] if word[:1].isupper() else fix
 
@@ -132,7 +132,9 @@ def spelling_step(p:dict, source:str='spelling'):
             r = suggest(lw)
             return w if r is None else _keep_case(w, r)
         return _WORD.sub(fix, t)
+    skip = re.compile(p['skip_if']) if p.get('skip_if') else None
     def run(text:str)->str:
+        if skip is not None and skip.search(text): return text # a task about spelling: the misspellings are the request
         parts, last = [], 0
         for m in _MASK.finditer(text): parts += [(text[last:m.start()], True), (m.group(), False)]; last = m.end()
         parts.append((text[last:], True))
@@ -144,7 +146,7 @@ def spelling_step(p:dict, source:str='spelling'):
         return ''.join(fix_part(s, counts) if ok else s for s, ok in parts)
     return run
 
-# %% ../nbs/02a_canonical.ipynb #3304d09f
+# %% ../nbs/02a_canonical.ipynb #1d2bd356
 @step_kind('chat_turn')
 def chat_turn_step(p:dict, source:str='chat_turn'):
     "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it) and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
@@ -164,7 +166,7 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
         return text
     return run
 
-# %% ../nbs/02a_canonical.ipynb #d2b2e43d
+# %% ../nbs/02a_canonical.ipynb #ddd46c2d
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
 _CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z])")
 _QUOTE = re.compile(r"[\"'“”‘’:`]")
@@ -177,11 +179,12 @@ def phatic_step(p:dict, source:str='phatic'):
     max_words, max_names = int(p.get('max_words', 8)), int(p.get('max_names', 2))
     titles = frozenset(p.get('titles', 'mr ms mrs dr prof st').split())
     lead = re.compile(p.get('lead', r"^\s*[¡¿]?([^\n.!?,;:…]{1,80}?)\s*(?:[.!?,;:…]+|\n|$)\s*"))
-    tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]])|(?<=\n)|^)[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
+    tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"'”’])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
     name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[A-Z][\w'’-]*\.?[ \t]*){1,3})\s*$"))
     conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
     def phatic(seg:str, names_ok:bool=True)->bool:
         ws = _SEG_WORD.findall(seg)
+        if _QUOTE.search(seg): return False # quoted text is the request's content
         if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
         first = next((i for i, w in enumerate(ws) if w.lower() in anchors), None)
         if first is None: return False
@@ -204,14 +207,13 @@ def phatic_step(p:dict, source:str='phatic'):
             if m and m.end() < len(text) and phatic(m.group(1)) and content(text[m.end():]):
                 rest = text[m.end():]
                 text = conj.sub('', rest) if re.search(r"\b(?:sorry|excuse|désolé|perdón|scusa|entschuldigung)\b", m.group(1), re.I) else rest
-                text = text[:1].upper() + text[1:] if m.group(1)[:1].isupper() else text
             m = name_line.search(text)
             if m:
                 head = text[:m.start()].rstrip()
                 t2 = tail.search(head)
-                if t2 and t2.start() > 0 and phatic(t2.group(1), names_ok=False) and content(head[:t2.start()]): text = head[:t2.start()]
+                if t2 and t2.start(1) > 0 and phatic(t2.group(1), names_ok=False) and content(head[:t2.start(1)]): text = head[:t2.start(1)]
             m = tail.search(text)
-            if m and m.start() > 0 and phatic(m.group(1)) and content(text[:m.start()]): text = text[:m.start()]
+            if m and m.start(1) > 0 and phatic(m.group(1)) and content(text[:m.start(1)]): text = text[:m.start(1)]
             elif text == before: text = tail_unpunctuated(text)
             text = text.rstrip() if text != before else text
             if text == before: break
