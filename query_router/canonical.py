@@ -26,7 +26,7 @@ def _read_json(path, what:str)->dict:
     if not isinstance(d, dict): raise ValueError(f"{path}: expected a JSON object")
     return d
 
-# %% ../nbs/02a_canonical.ipynb #0c95a2f2
+# %% ../nbs/02a_canonical.ipynb #5f08f262
 SPEC_VERSION = 2 # specs this package applies; version 1 (regex steps only) still loads and applies exactly as before
 _STEP_KINDS = {} # kind -> factory(params:dict, source:str) -> callable(text)->text
 
@@ -56,7 +56,7 @@ def make_step(name:str, rules, source:str='canonicalize spec'):
     if isinstance(rules, dict): raise ValueError(f"{source}: step {name!r}: unknown kind {rules.get('kind')!r}; this package knows {sorted(_STEP_KINDS)}")
     raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {rules!r:.80}")
 
-# %% ../nbs/02a_canonical.ipynb #71eb77f3
+# %% ../nbs/02a_canonical.ipynb #7e0f6727
 _LOCK = threading.Lock()
 _WORDLISTS = {} # (kind, name) -> loaded object, once per process
 
@@ -92,13 +92,15 @@ def _tokenizer_words(package:str)->frozenset:
     return _loaded(('vocab', package), load)
 
 _MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\"[^\"\n]*\"|“[^”]*”|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, double-quoted text, URLs, e-mail, paths, tags
-_WORD = re.compile(r"(?<![\w@/\\.])(?<!\w['’])([A-Z]?[a-z]+)(?![\w@/\\(]|\.\w|['’]\w)") # not a function call, a file name or a contraction # a plain word: letters only, at most a leading capital
-_ANYWORD = re.compile(r"[A-Za-z]{2,}")
+_WORD = re.compile(r"(?<![\w@/\\.])(?<!\w['’])([A-Za-z]+)(?![\w@/\\(]|\.\w|['’]\w)") # not a function call, a file name or a contraction # a plain word: letters only, at most a leading capital
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
+_ANYWORD = re.compile(r"[A-Za-z]{2,}")
 
 _SPELLING_VARIANTS = (('our', 'or'), ('tre', 'ter'), ('ise', 'ize'), ('isa', 'iza'), ('yse', 'yze'), ('ae', 'e'), ('oe', 'e'))
 
-def _keep_case(word:str, fix:str)->str: return fix[:1].upper() + fix[1:] if word[:1].isupper() else fix
+def _keep_case(word:str, fix:str)->str:
+    "`fix` written in `word`'s case: UPPER, Capitalised or lower."
+    return fix.upper() if word.isupper() and len(word) > 1 else fix[:1].upper() + fix[1:] if word[:1].isupper() else fix
 
 @step_kind('spelling')
 def spelling_step(p:dict, source:str='spelling'):
@@ -106,7 +108,7 @@ def spelling_step(p:dict, source:str='spelling'):
     dictionary, max_edit, long_word = p['dictionary'], int(p.get('max_edit', 1)), int(p.get('long_word', 0))
     min_len, suffixes, protect = int(p.get('min_len', 4)), tuple(p.get('suffixes', ())), frozenset(w.lower() for w in p.get('protect', ()))
     vocab_pkg, max_unknown_share, max_unknown = p.get('protect_vocab'), float(p.get('max_unknown_share', 0.2)), int(p.get('max_unknown', 2))
-    index_edit = 2 if long_word else max_edit
+    index_edit, case_sensitive = 2 if long_word else max_edit, bool(p.get('case_sensitive', False))
     @functools.lru_cache(maxsize=1<<16)
     def known(lw:str)->bool:
         words = _symspell(dictionary, index_edit).words
@@ -128,7 +130,7 @@ def spelling_step(p:dict, source:str='spelling'):
         def fix(m):
             w = m.group(1); lw = w.lower()
             if len(lw) < min_len or known(lw) or counts[lw] > 1: return w # repeated: meant that way
-            if w[0].isupper() and not _SENT_START.search(t[max(0, m.start() - 3):m.start()]): return w # a capitalised word mid-sentence: a name
+            if case_sensitive and (not (w.islower() or w[1:].islower()) or (w[0].isupper() and not _SENT_START.search(t[max(0, m.start() - 3):m.start()]))): return w # an acronym, an identifier or a name
             r = suggest(lw)
             return w if r is None else _keep_case(w, r)
         return _WORD.sub(fix, t)
@@ -146,7 +148,7 @@ def spelling_step(p:dict, source:str='spelling'):
         return ''.join(fix_part(s, counts) if ok else s for s, ok in parts)
     return run
 
-# %% ../nbs/02a_canonical.ipynb #1d2bd356
+# %% ../nbs/02a_canonical.ipynb #570f8d7d
 @step_kind('chat_turn')
 def chat_turn_step(p:dict, source:str='chat_turn'):
     "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it) and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
@@ -166,7 +168,7 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
         return text
     return run
 
-# %% ../nbs/02a_canonical.ipynb #ddd46c2d
+# %% ../nbs/02a_canonical.ipynb #e82f5027
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
 _CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z])")
 _QUOTE = re.compile(r"[\"'“”‘’:`]")
