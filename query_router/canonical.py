@@ -168,9 +168,9 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
         return text
     return run
 
-# %% ../nbs/02a_canonical.ipynb #e82f5027
+# %% ../nbs/02a_canonical.ipynb #eeeb6c3b
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
-_CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z])")
+_CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z][a-z])") # a Capitalised word (not a word in an all-caps text)
 _QUOTE = re.compile(r"[\"'“”‘’:`]")
 
 @step_kind('phatic')
@@ -182,7 +182,7 @@ def phatic_step(p:dict, source:str='phatic'):
     titles = frozenset(p.get('titles', 'mr ms mrs dr prof st').split())
     lead = re.compile(p.get('lead', r"^\s*[¡¿]?([^\n.!?,;:…]{1,80}?)\s*(?:[.!?,;:…]+|\n|$)\s*"))
     tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"'”’])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
-    name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[A-Z][\w'’-]*\.?[ \t]*){1,3})\s*$"))
+    name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[^\W\d_][\w'’-]*\.?[ \t]*){1,3})\s*$"))
     conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
     def phatic(seg:str, names_ok:bool=True)->bool:
         ws = _SEG_WORD.findall(seg)
@@ -190,9 +190,10 @@ def phatic_step(p:dict, source:str='phatic'):
         if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
         first = next((i for i, w in enumerate(ws) if w.lower() in anchors), None)
         if first is None: return False
-        other = [(i, w) for i, w in enumerate(ws) if w.lower() not in fillers]
-        if len(other) > (max_names if names_ok else 0): return False
-        return all(i > first and w[0].isupper() for i, w in other) # only a name may be outside the lexicon, after the greeting ("Hi Sam")
+        other = [i for i, w in enumerate(ws) if w.lower() not in fillers]
+        if not other: return True
+        # only a name may be outside the lexicon: the last words, right after a greeting or thanks ("Hi Sam", "thanks Anna"), in any case
+        return names_ok and len(other) <= max_names and other == list(range(len(ws) - len(other), len(ws))) and ws[other[0] - 1].lower() in anchors
     def content(t:str)->bool: return any(w.lower() not in fillers for w in _SEG_WORD.findall(t)) # something left to route
     def tail_unpunctuated(text:str)->str:
         "A sign-off appended without ending the request's last sentence first ('... in C Thanks!'): it must start with a capital and carry no name or quote."
