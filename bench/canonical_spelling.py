@@ -20,18 +20,20 @@ from query_router.data import load_default_dataset, load_llmrouter, split_data
 RESULTS = Path(__file__).parent/'results'
 
 LOAD = r'''
-import json, resource, time, sys
+import json, os, time, sys
 from query_router.canonical import make_step, package_file
+def rss(): return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
 p = json.loads(package_file('canonical.json').read_text())['steps']['spelling']
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; t = time.perf_counter()
-f = make_step('spelling', p); f('Wirte a fucntion')
-print(json.dumps({'load_s': time.perf_counter() - t, 'rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) / 1024}))
+f = make_step('spelling', p); r0 = rss(); t = time.perf_counter()
+f('Wirte a fucntion')
+print(json.dumps({'load_s': round(time.perf_counter() - t, 3), 'rss_mb': round(rss() - r0, 1)}))
 '''
 
 def word_changes(a:str, b:str)->list:
     "The words that differ between a text and its canonical form."
-    sm = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return [(a[i1:i2], b[j1:j2]) for tag, i1, i2, j1, j2 in sm.get_opcodes() if tag != 'equal']
+    ta, tb = re.findall(r'\S+', a), re.findall(r'\S+', b)
+    sm = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
+    return [(' '.join(ta[i1:i2]), ' '.join(tb[j1:j2])) for tag, i1, i2, j1, j2 in sm.get_opcodes() if tag != 'equal']
 
 def changed(f, texts, same=lambda t: t):
     return [(t, f(t)) for t in texts if same(f(t)) != same(t)]
@@ -51,7 +53,7 @@ def main():
     a = ap.parse_args()
     t0 = time.time()
     data = {'default (train split)': split_data(load_default_dataset(), 'grouped', seed=0)[0].frame['query'].tolist()}
-    if has_shared_data('llmrouter'): data['llmrouter (train.jsonl)'] = load_llmrouter('train').frame['query'].tolist()
+    if has_shared_data(): data['llmrouter (train.jsonl)'] = load_llmrouter('train').frame['query'].tolist()
     if a.n: data = {k: v[:a.n] for k, v in data.items()}
     base = json.loads(package_file('canonical.json').read_text())['steps']['spelling']
     configs = {
@@ -60,6 +62,8 @@ def main():
         'without the embedder vocabulary': {k: v for k, v in base.items() if k != 'protect_vocab'},
         'without the protect list': {**base, 'protect': []},
         'without the unknown-word share rule': {**base, 'max_unknown': 10**6},
+        'any suggestion, however rare (min_count 0)': {**base, 'min_count': 0},
+        'case-sensitive (ALL-CAPS, inner capitals, names mid-sentence left alone)': {**base, 'case_sensitive': True},
     }
     typo_vs = select_variants(load_rewrites(), False, only=['typos'])
     ws = Canonicalizer(load_canon_spec(steps=['whitespace']))

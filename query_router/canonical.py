@@ -56,7 +56,7 @@ def make_step(name:str, rules, source:str='canonicalize spec'):
     if isinstance(rules, dict): raise ValueError(f"{source}: step {name!r}: unknown kind {rules.get('kind')!r}; this package knows {sorted(_STEP_KINDS)}")
     raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {rules!r:.80}")
 
-# %% ../nbs/02a_canonical.ipynb #7e0f6727
+# %% ../nbs/02a_canonical.ipynb #9b83473e
 _LOCK = threading.Lock()
 _WORDLISTS = {} # (kind, name) -> loaded object, once per process
 
@@ -92,7 +92,7 @@ def _tokenizer_words(package:str)->frozenset:
     return _loaded(('vocab', package), load)
 
 _MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\"[^\"\n]*\"|“[^”]*”|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, double-quoted text, URLs, e-mail, paths, tags
-_WORD = re.compile(r"(?<![\w@/\\.])(?<!\w['’])([A-Za-z]+)(?![\w@/\\(]|\.\w|['’]\w)") # not a function call, a file name or a contraction # a plain word: letters only, at most a leading capital
+_WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\]}=+$]|[.:]\w|['’]\w)") # not code (a call, an argument, an operand), a file name or a contraction # a plain word: letters only, at most a leading capital
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
 _ANYWORD = re.compile(r"[A-Za-z]{2,}")
 
@@ -109,6 +109,7 @@ def spelling_step(p:dict, source:str='spelling'):
     min_len, suffixes, protect = int(p.get('min_len', 4)), tuple(p.get('suffixes', ())), frozenset(w.lower() for w in p.get('protect', ()))
     vocab_pkg, max_unknown_share, max_unknown = p.get('protect_vocab'), float(p.get('max_unknown_share', 0.2)), int(p.get('max_unknown', 2))
     index_edit, case_sensitive = 2 if long_word else max_edit, bool(p.get('case_sensitive', False))
+    min_count = int(p.get('min_count', 0))
     @functools.lru_cache(maxsize=1<<16)
     def known(lw:str)->bool:
         words = _symspell(dictionary, index_edit).words
@@ -120,7 +121,7 @@ def spelling_step(p:dict, source:str='spelling'):
         from symspellpy import Verbosity
         d = 2 if long_word and len(lw) >= long_word else max_edit
         s = _symspell(dictionary, index_edit).lookup(lw, Verbosity.CLOSEST, max_edit_distance=d) # smallest distance, most frequent first
-        if not s or s[0].term == lw: return None
+        if not s or s[0].term == lw or s[0].count < min_count: return None # a rare word is more likely a name or a term than the word meant
         r = s[0].term
         # the first letter is rarely mistyped, and a different ending is usually another form of the word (plural, -d) or a name
         if r[0] != lw[0] or not (r[-1] == lw[-1] or r[-2:] == lw[-2:][::-1]): return None

@@ -104,7 +104,7 @@ def test_requests_that_are_greetings_or_about_them_stay(canon, text):
     assert canon(text) == text
 
 def test_unmodified_default_queries_change_rarely(canon, spelling):
-    "Measured on the whole default dataset (bench/canonical_spelling.py has the per-step shares and examples): the spelling step changes ~5% of requests (real typos, and unknown acronyms and names one edit from a dictionary word, since it decides case-blind so that casing never changes a route); every step together (whitespace aside) ~10%, nearly all of it the greetings and sign-offs the default data's requests carry."
+    "Measured on the whole default dataset (bench/canonical_spelling.py has the per-step shares and examples): the spelling step changes ~3.5% of requests (real typos, and unknown acronyms and names one edit from a dictionary word, since it decides case-blind so that casing never changes a route); every step together (whitespace aside) ~10%, nearly all of it the greetings and sign-offs the default data's requests carry."
     from query_router.data import load_default_dataset
     qs = load_default_dataset().frame['query'].tolist()
     ws = Canonicalizer(load_canon_spec(steps=['whitespace']))
@@ -112,7 +112,7 @@ def test_unmodified_default_queries_change_rarely(canon, spelling):
     anything = sum(ws(canon(q)) != ws(q) for q in qs) / len(qs)
     wrap = Canonicalizer(load_canon_spec(steps=['chat_turn', 'chat_tokens', 'generic_system_prompt', 'system_prompt', 'markdown']))
     structural = sum(ws(wrap(q)) != ws(q) for q in qs) / len(qs)
-    assert sp <= 0.06, sp
+    assert sp <= 0.05, sp
     assert anything <= 0.15, anything
     assert structural <= 0.005, structural
 
