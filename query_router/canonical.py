@@ -169,10 +169,10 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
         return text
     return run
 
-# %% ../nbs/02a_canonical.ipynb #eeeb6c3b
+# %% ../nbs/02a_canonical.ipynb #81d72ef6
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
 _CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z][a-z])") # a Capitalised word (not a word in an all-caps text)
-_QUOTE = re.compile(r"[\"'“”‘’:`]")
+_QUOTE = re.compile(r"[\"“”:`]|(?<![^\W\d_])['‘’]|['‘’](?![^\W\d_])") # a quote or a colon; not the apostrophe inside "that's"
 
 @step_kind('phatic')
 def phatic_step(p:dict, source:str='phatic'):
@@ -182,7 +182,7 @@ def phatic_step(p:dict, source:str='phatic'):
     max_words, max_names = int(p.get('max_words', 8)), int(p.get('max_names', 2))
     titles = frozenset(p.get('titles', 'mr ms mrs dr prof st').split())
     lead = re.compile(p.get('lead', r"^\s*[¡¿]?([^\n.!?,;:…]{1,80}?)\s*(?:[.!?,;:…]+|\n|$)\s*"))
-    tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"'”’])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
+    tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"”])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
     name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[^\W\d_][\w'’-]*\.?[ \t]*){1,3})\s*$"))
     conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
     def phatic(seg:str, names_ok:bool=True)->bool:
