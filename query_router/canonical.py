@@ -4,11 +4,12 @@
 
 # %% ../nbs/02a_canonical.ipynb #5d6a89dd
 from __future__ import annotations
-import json, re, hashlib, random
+import json, re, hashlib, random, threading, functools, collections
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['package_file', 'load_canon_spec', 'Canonicalizer', 'as_canonicalizer', 'load_rewrites', 'select_variants', 'typos',
+__all__ = ['SPEC_VERSION', 'package_file', 'step_kind', 'make_step', 'spelling_step', 'chat_turn_step', 'phatic_step',
+           'load_canon_spec', 'Canonicalizer', 'as_canonicalizer', 'load_rewrites', 'select_variants', 'typos',
            'rewrite', 'canonicalize_data']
 
 # %% ../nbs/02a_canonical.ipynb #1818d821
@@ -25,14 +26,212 @@ def _read_json(path, what:str)->dict:
     if not isinstance(d, dict): raise ValueError(f"{path}: expected a JSON object")
     return d
 
+# %% ../nbs/02a_canonical.ipynb #5f08f262
+SPEC_VERSION = 2 # specs this package applies; version 1 (regex steps only) still loads and applies exactly as before
+_STEP_KINDS = {} # kind -> factory(params:dict, source:str) -> callable(text)->text
+
+def step_kind(name:str):
+    "Register a step kind that is code with its parameters as data: a spec step `[name, {'kind': kind, ...params}]`."
+    def reg(f): _STEP_KINDS[name] = f; return f
+    return reg
+
+def _regex_step(rules:list, name:str, source:str):
+    "A version-1 step: `[[pattern, replacement], ...]` applied once each with `re.sub`, in order."
+    comp = []
+    for i, rule in enumerate(rules):
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and all(isinstance(x, str) for x in rule)): raise ValueError(f"{source}: step {name!r} rule {i}: expected [pattern, replacement] strings")
+        try: comp.append((re.compile(rule[0]), rule[1]))
+        except re.error as e: raise ValueError(f"{source}: step {name!r} rule {i}: bad pattern ({e})") from None
+    def run(t:str)->str:
+        for pat, rep in comp: t = pat.sub(rep, t)
+        return t
+    return run
+
+def make_step(name:str, rules, source:str='canonicalize spec'):
+    "The function `text -> text` of one spec step: a list of regex rules, or a dict naming a registered `kind` with its parameters."
+    if isinstance(rules, list): return _regex_step(rules, name, source)
+    if isinstance(rules, dict) and rules.get('kind') in _STEP_KINDS:
+        try: return _STEP_KINDS[rules['kind']](rules, f"{source}: step {name!r}")
+        except (KeyError, TypeError, re.error) as e: raise ValueError(f"{source}: step {name!r}: bad parameters ({type(e).__name__}: {e})") from None
+    if isinstance(rules, dict): raise ValueError(f"{source}: step {name!r}: unknown kind {rules.get('kind')!r}; this package knows {sorted(_STEP_KINDS)}")
+    raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {rules!r:.80}")
+
+# %% ../nbs/02a_canonical.ipynb #9b83473e
+_LOCK = threading.Lock()
+_WORDLISTS = {} # (kind, name) -> loaded object, once per process
+
+def _loaded(key, load):
+    "Load a dictionary or word list once per process; threads that ask at the same time wait for the one load."
+    v = _WORDLISTS.get(key)
+    if v is None:
+        with _LOCK:
+            v = _WORDLISTS.get(key)
+            if v is None: v = _WORDLISTS[key] = load()
+    return v
+
+def _symspell(dictionary:str, max_edit:int):
+    "A SymSpell index over one of symspellpy's shipped frequency dictionaries (loaded lazily, once per process)."
+    def load():
+        try: import symspellpy
+        except ImportError: raise ImportError("the 'spelling' canonicalisation step needs symspellpy: pip install symspellpy") from None
+        p = Path(symspellpy.__file__).parent/dictionary
+        if not p.exists(): raise ValueError(f"spelling step: symspellpy has no dictionary {dictionary!r}")
+        sp = symspellpy.SymSpell(max_dictionary_edit_distance=max_edit, prefix_length=7)
+        sp.load_dictionary(str(p), 0, 1, encoding='utf-8')
+        return sp
+    return _loaded(('symspell', dictionary, max_edit), load)
+
+def _tokenizer_words(package:str)->frozenset:
+    "The whole words (alphabetic, no '##' pieces) of a bundled embedder's WordPiece vocabulary: words the model already knows."
+    def load():
+        import importlib.util
+        s = importlib.util.find_spec(package)
+        p = s and s.submodule_search_locations and next((Path(d)/'model'/'vocab.txt' for d in s.submodule_search_locations if (Path(d)/'model'/'vocab.txt').exists()), None)
+        if not p: raise ValueError(f"spelling step: the package {package!r} with model/vocab.txt is not installed (protect_vocab)")
+        return frozenset(w for w in p.read_text(encoding='utf-8').split('\n') if w.isalpha())
+    return _loaded(('vocab', package), load)
+
+_MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\"[^\"\n]*\"|“[^”]*”|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, double-quoted text, URLs, e-mail, paths, tags
+_WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\]}=+$]|[.:]\w|['’]\w)") # not code (a call, an argument, an operand), a file name or a contraction # a plain word: letters only, at most a leading capital
+_SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
+_ANYWORD = re.compile(r"[A-Za-z]{2,}")
+
+_SPELLING_VARIANTS = (('our', 'or'), ('tre', 'ter'), ('ise', 'ize'), ('isa', 'iza'), ('yse', 'yze'), ('ae', 'e'), ('oe', 'e'))
+
+def _keep_case(word:str, fix:str)->str:
+    "`fix` written in `word`'s case: UPPER, Capitalised or lower."
+    return fix.upper() if word.isupper() and len(word) > 1 else fix[:1].upper() + fix[1:] if word[:1].isupper() else fix
+
+@step_kind('spelling')
+def spelling_step(p:dict, source:str='spelling'):
+    "Correct plain misspelt English words to the most frequent dictionary word one edit away; see the notebook for the rules that keep it conservative."
+    dictionary, max_edit, long_word = p['dictionary'], int(p.get('max_edit', 1)), int(p.get('long_word', 0))
+    min_len, suffixes, protect = int(p.get('min_len', 4)), tuple(p.get('suffixes', ())), frozenset(w.lower() for w in p.get('protect', ()))
+    vocab_pkg, max_unknown_share, max_unknown = p.get('protect_vocab'), float(p.get('max_unknown_share', 0.2)), int(p.get('max_unknown', 2))
+    index_edit, case_sensitive = 2 if long_word else max_edit, bool(p.get('case_sensitive', False))
+    min_count = int(p.get('min_count', 0))
+    @functools.lru_cache(maxsize=1<<16)
+    def known(lw:str)->bool:
+        words = _symspell(dictionary, index_edit).words
+        vocab = _tokenizer_words(vocab_pkg) if vocab_pkg else frozenset()
+        def k(w): return w in words or w in vocab or w in protect
+        return k(lw) or any(lw.endswith(s) and len(lw) - len(s) >= 3 and k(lw[:-len(s)]) for s in suffixes)
+    @functools.lru_cache(maxsize=1<<16)
+    def suggest(lw:str)->str|None:
+        from symspellpy import Verbosity
+        d = 2 if long_word and len(lw) >= long_word else max_edit
+        s = _symspell(dictionary, index_edit).lookup(lw, Verbosity.CLOSEST, max_edit_distance=d) # smallest distance, most frequent first
+        if not s or s[0].term == lw or s[0].count < min_count: return None # a rare word is more likely a name or a term than the word meant
+        r = s[0].term
+        # the first letter is rarely mistyped, and a different ending is usually another form of the word (plural, -d) or a name
+        if r[0] != lw[0] or not (r[-1] == lw[-1] or r[-2:] == lw[-2:][::-1]): return None
+        if any(r.replace(a, b) == lw.replace(a, b) for a, b in _SPELLING_VARIANTS): return None # British and American spellings are both right
+        return r
+    def fix_part(t:str, counts)->str:
+        def fix(m):
+            w = m.group(1); lw = w.lower()
+            if len(lw) < min_len or known(lw) or counts[lw] > 1: return w # repeated: meant that way
+            if case_sensitive and (not (w.islower() or w[1:].islower()) or (w[0].isupper() and not _SENT_START.search(t[max(0, m.start() - 3):m.start()]))): return w # an acronym, an identifier or a name
+            r = suggest(lw)
+            return w if r is None else _keep_case(w, r)
+        return _WORD.sub(fix, t)
+    skip = re.compile(p['skip_if']) if p.get('skip_if') else None
+    def run(text:str)->str:
+        if skip is not None and skip.search(text): return text # a task about spelling: the misspellings are the request
+        parts, last = [], 0
+        for m in _MASK.finditer(text): parts += [(text[last:m.start()], True), (m.group(), False)]; last = m.end()
+        parts.append((text[last:], True))
+        plain = ' '.join(s for s, ok in parts if ok)
+        ws = [w.lower() for w in _ANYWORD.findall(plain)]
+        unknown = sum(not known(w) for w in ws)
+        if not unknown or (unknown > max_unknown and unknown > max_unknown_share * len(ws)): return text # nothing to fix, or not (mostly) English
+        counts = collections.Counter(ws)
+        return ''.join(fix_part(s, counts) if ok else s for s, ok in parts)
+    return run
+
+# %% ../nbs/02a_canonical.ipynb #570f8d7d
+@step_kind('chat_turn')
+def chat_turn_step(p:dict, source:str='chat_turn'):
+    "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it) and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
+    fmts = []
+    for f in p['formats']:
+        fmts.append((re.compile(f['user']), re.compile(f['end']), re.compile(f['anchor']) if f.get('anchor') else None, [re.compile(x) for x in f.get('drop', [])]))
+    def run(text:str)->str:
+        for user, end, anchor, drop in fmts:
+            if anchor is not None and not anchor.search(text): continue
+            ms = list(user.finditer(text))
+            if not ms: continue
+            rest = text[ms[-1].end():]
+            e = end.search(rest)
+            q = rest[:e.start()] if e else rest
+            for d in drop: q = d.sub('', q)
+            if q.strip(): return q.strip()
+        return text
+    return run
+
+# %% ../nbs/02a_canonical.ipynb #81d72ef6
+_SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
+_CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z][a-z])") # a Capitalised word (not a word in an all-caps text)
+_QUOTE = re.compile(r"[\"“”:`]|(?<![^\W\d_])['‘’]|['‘’](?![^\W\d_])") # a quote or a colon; not the apostrophe inside "that's"
+
+@step_kind('phatic')
+def phatic_step(p:dict, source:str='phatic'):
+    "Remove a leading or trailing short segment made only of phatic words (greetings, thanks, sign-offs, politeness, in several languages) and an optional name; the lexicon is data."
+    anchors = frozenset(w.lower() for ws in p['anchors'].values() for w in ws.split())
+    fillers = frozenset(w.lower() for w in p['fillers'].split()) | anchors
+    max_words, max_names = int(p.get('max_words', 8)), int(p.get('max_names', 2))
+    titles = frozenset(p.get('titles', 'mr ms mrs dr prof st').split())
+    lead = re.compile(p.get('lead', r"^\s*[¡¿]?([^\n.!?,;:…]{1,80}?)\s*(?:[.!?,;:…]+|\n|$)\s*"))
+    tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"”])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
+    name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[^\W\d_][\w'’-]*\.?[ \t]*){1,3})\s*$"))
+    conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
+    def phatic(seg:str, names_ok:bool=True)->bool:
+        ws = _SEG_WORD.findall(seg)
+        if _QUOTE.search(seg): return False # quoted text is the request's content
+        if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
+        first = next((i for i, w in enumerate(ws) if w.lower() in anchors), None)
+        if first is None: return False
+        other = [i for i, w in enumerate(ws) if w.lower() not in fillers]
+        if not other: return True
+        # only a name may be outside the lexicon: the last words, right after a greeting or thanks ("Hi Sam", "thanks Anna"), in any case
+        return names_ok and len(other) <= max_names and other == list(range(len(ws) - len(other), len(ws))) and ws[other[0] - 1].lower() in anchors
+    def content(t:str)->bool: return any(w.lower() not in fillers for w in _SEG_WORD.findall(t)) # something left to route
+    def tail_unpunctuated(text:str)->str:
+        "A sign-off appended without ending the request's last sentence first ('... in C Thanks!'): it must start with a capital and carry no name or quote."
+        start = text.rfind('\n') + 1
+        for m in _CAP_START.finditer(text, start):
+            seg = text[m.end():]
+            if _QUOTE.search(seg): continue
+            if phatic(seg.lstrip('¡¿'), names_ok=False) and content(text[:m.start()]): return text[:m.start()]
+        return text
+    def run(text:str)->str:
+        for _ in range(4): # a few segments each side ("Hi! Hope you are well. Quick question: ...")
+            before = text
+            m = lead.match(text)
+            if m and m.end() < len(text) and phatic(m.group(1)) and content(text[m.end():]):
+                rest = text[m.end():]
+                text = conj.sub('', rest) if re.search(r"\b(?:sorry|excuse|désolé|perdón|scusa|entschuldigung)\b", m.group(1), re.I) else rest
+            m = name_line.search(text)
+            if m:
+                head = text[:m.start()].rstrip()
+                t2 = tail.search(head)
+                if t2 and t2.start(1) > 0 and phatic(t2.group(1), names_ok=False) and content(head[:t2.start(1)]): text = head[:t2.start(1)]
+            m = tail.search(text)
+            if m and m.start(1) > 0 and phatic(m.group(1)) and content(text[:m.start(1)]): text = text[:m.start(1)]
+            elif text == before: text = tail_unpunctuated(text)
+            text = text.rstrip() if text != before else text
+            if text == before: break
+        return text
+    return run
+
 # %% ../nbs/02a_canonical.ipynb #a7c259f2
 def load_canon_spec(path=None, # canonicalisation rules (default: the package's canonical.json)
                     steps=None, # step names to apply, in the file's order (default: its `default_steps`)
                    )->dict:
-    "A resolved canonicalisation spec: the chosen steps with their patterns, ready to store in an artifact."
+    "A resolved canonicalisation spec: the chosen steps with their patterns and parameters, ready to store in an artifact."
     path = Path(path) if path else package_file('canonical.json')
     d = _read_json(path, 'canonicalisation rules')
-    if not isinstance(d.get('steps'), dict): raise ValueError(f"{path}: field 'steps' must be an object of step name -> [[pattern, replacement], ...]")
+    if not isinstance(d.get('steps'), dict): raise ValueError(f"{path}: field 'steps' must be an object of step name -> [[pattern, replacement], ...] or {{'kind': ...}}")
     names = list(d.get('default_steps') or d['steps']) if steps is None else list(steps)
     unknown = [s for s in names if s not in d['steps']]
     if unknown: raise ValueError(f"{path}: unknown steps {unknown}; the file has {list(d['steps'])}")
@@ -42,21 +241,17 @@ def load_canon_spec(path=None, # canonicalisation rules (default: the package's 
     return spec
 
 class Canonicalizer:
-    "Applies a canonicalisation spec to texts: each step's substitutions, in order, repeated until nothing changes."
+    "Applies a canonicalisation spec to texts: each step in order, repeated until nothing changes."
     def __init__(self, spec:dict, # from `load_canon_spec`
                  source:str='canonicalize spec', # named in errors
                  max_passes:int=4):
         if not isinstance(spec, dict) or not isinstance(spec.get('steps'), list): raise ValueError(f"{source}: a canonicalisation spec needs 'steps': [[name, [[pattern, replacement], ...]], ...]")
+        v = spec.get('version', 1)
+        if not isinstance(v, int) or v > SPEC_VERSION: raise ValueError(f"{source}: canonicalisation spec version {v!r}; this package applies versions up to {SPEC_VERSION} (upgrade query_router)")
         self.spec, self.min_chars, self.max_passes, self.steps = spec, int(spec.get('min_chars', 8)), max_passes, []
         for step in spec['steps']:
-            if not (isinstance(step, (list, tuple)) and len(step) == 2 and isinstance(step[1], list)): raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]], got {step!r:.80}")
-            name, rules = step
-            comp = []
-            for i, rule in enumerate(rules):
-                if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and all(isinstance(x, str) for x in rule)): raise ValueError(f"{source}: step {name!r} rule {i}: expected [pattern, replacement] strings")
-                try: comp.append((re.compile(rule[0]), rule[1]))
-                except re.error as e: raise ValueError(f"{source}: step {name!r} rule {i}: bad pattern ({e})") from None
-            self.steps.append((name, comp))
+            if not (isinstance(step, (list, tuple)) and len(step) == 2 and isinstance(step[1], (list, dict))): raise ValueError(f"{source}: each step must be [name, [[pattern, replacement], ...]] or [name, {{'kind': ...}}], got {step!r:.80}")
+            self.steps.append((step[0], make_step(step[0], step[1], source)))
     @property
     def names(self)->list[str]: return [n for n, _ in self.steps]
     def one(self, text:str)->str:
@@ -64,9 +259,8 @@ class Canonicalizer:
         if not isinstance(text, str): return text
         for _ in range(self.max_passes):
             before = text
-            for name, rules in self.steps:
-                t = text
-                for pat, rep in rules: t = pat.sub(rep, t)
+            for name, run in self.steps:
+                t = run(text)
                 if len(t.strip()) >= min(self.min_chars, len(text.strip())): text = t # never strip a request down to (almost) nothing
             if text == before: break
         return text
