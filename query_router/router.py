@@ -44,8 +44,8 @@ def smoothed_scores(scores:np.ndarray, # (n, targets), targets in order (cheapes
                     weight:float=0.5, # a in [0, 1]: how much each target borrows from its neighbours' scores
                    )->np.ndarray:
     "Scores smoothed along the ordered targets: s_t + a · (s_{t-1} + s_{t+1}) (a missing neighbour counts 0)."
+    if (bad := param_problem('smooth', weight)): raise ValueError(f"weight {bad}")
     a = float(weight)
-    if not 0 <= a <= 1: raise ValueError(f"the smooth weight must be in [0, 1], got {weight}")
     s = np.atleast_2d(np.asarray(scores, dtype=float)); z = np.pad(s, ((0, 0), (1, 1)))
     return s + a * (z[:, :-2] + z[:, 2:])
 
@@ -102,8 +102,8 @@ def param_problem(policy:str, # one of `POLICIES`
     if policy not in PARAM_RANGES: return None
     what, lo, hi, lo_in = PARAM_RANGES[policy]
     if (param < lo if lo_in else param <= lo) or (hi is not None and param > hi):
-        rng = f"{'[' if lo_in else '('}{lo}, {hi}]" if hi is not None else f">= {lo}"
-        return f"is {what}: a number in {rng}, not {param!r}" if hi is not None else f"is {what}: a number {rng}, not {param!r}"
+        rng = f">= {lo}" if hi is None else f"in {'[' if lo_in else '('}{lo}, {hi}]"
+        return f"is {what}: a number {rng}, not {param!r}"
     return None
 
 # %% ../nbs/03_router.ipynb #5776a002
