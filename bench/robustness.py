@@ -391,7 +391,7 @@ def main():
     ap.add_argument('--fresh', help='an extra rewrites file (the format of query_router/rewrites.json) whose every variant is reported apart, as "fresh (blind)"')
     ap.add_argument('--n-tune-rewrites', type=int, default=200, help='LLMRouter: calibration-split requests rewritten (seen variants) to choose the margin rule')
     ap.add_argument('--no-canon', action='store_true')
-    ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. adding final_punctuation')
+    ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. without end_punctuation')
     ap.add_argument('--only-canon', action='store_true', help='skip the routers without canonicalisation')
     ap.add_argument('--margins', default=','.join(f'{m:g}' for m in MARGINS), help='margin-rule bands to measure')
     ap.add_argument('--lambda-stride', type=int, default=1, help='use every n-th λ of the calibration grid (faster)')

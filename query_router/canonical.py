@@ -92,7 +92,7 @@ def _tokenizer_words(package:str)->frozenset:
     return _loaded(('vocab', package), load)
 
 _MASK = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`|\"[^\"\n]*\"|“[^”]*”|\b(?:https?|ftp)://\S+|\bwww\.\S+|\S+@\S+\.\w+|\S*[/\\]\S*|<[^<>\n]{1,40}>", re.S) # code, double-quoted text, URLs, e-mail, paths, tags
-_WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\]}=+$]|[.:]\w|['’]\w)") # not code (a call, an argument, an operand), a file name or a contraction # a plain word: letters only, at most a leading capital
+_WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\]}=+$]|[.:]\w|['’](?!(?:s|re|ll|ve|d|m)\b)\w)") # a plain word: letters only; not code (a call, an argument, an operand) or a file name; before 's, 're, 'll, 've, 'd, 'm a whole word (What's), but not the stem of a n't contraction
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
 _ANYWORD = re.compile(r"[A-Za-z]{2,}")
 
@@ -110,6 +110,8 @@ def spelling_step(p:dict, source:str='spelling'):
     vocab_pkg, max_unknown_share, max_unknown = p.get('protect_vocab'), float(p.get('max_unknown_share', 0.2)), int(p.get('max_unknown', 2))
     index_edit, case_sensitive = 2 if long_word else max_edit, bool(p.get('case_sensitive', False))
     min_count = int(p.get('min_count', 0))
+    english, min_english_share = frozenset(w.lower() for w in p.get('english_words', ())), float(p.get('min_english_share', 1.0))
+    max_unknown_share_english = float(p.get('max_unknown_share_english', max_unknown_share))
     @functools.lru_cache(maxsize=1<<16)
     def known(lw:str)->bool:
         words = _symspell(dictionary, index_edit).words
@@ -144,7 +146,9 @@ def spelling_step(p:dict, source:str='spelling'):
         plain = ' '.join(s for s, ok in parts if ok)
         ws = [w.lower() for w in _ANYWORD.findall(plain)]
         unknown = sum(not known(w) for w in ws)
-        if not unknown or (unknown > max_unknown and unknown > max_unknown_share * len(ws)): return text # nothing to fix, or not (mostly) English
+        is_english = bool(english) and sum(w in english for w in ws) >= min_english_share * len(ws) # English function words: English, however many typos
+        share = max_unknown_share_english if is_english else max_unknown_share
+        if not unknown or (unknown > max_unknown and unknown > share * len(ws)): return text # nothing to fix, or not (mostly) English
         counts = collections.Counter(ws)
         return ''.join(fix_part(s, counts) if ok else s for s, ok in parts)
     return run

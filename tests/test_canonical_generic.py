@@ -12,6 +12,9 @@ Q = 'Explain how a hash map handles collisions.'
 def canon(): return Canonicalizer(load_canon_spec())
 
 @pytest.fixture(scope='module')
+def end(): return Canonicalizer(load_canon_spec(steps=['end_punctuation'])) # the final punctuation, which every request loses
+
+@pytest.fixture(scope='module')
 def spelling(): return make_step('spelling', json.loads(package_file('canonical.json').read_text())['steps']['spelling'])
 
 @pytest.mark.parametrize('typo,fixed', [
@@ -79,14 +82,14 @@ SYS = 'You are a helpful assistant.'
     ('system prompt, AI', f'You are an AI assistant that helps people find information.\n{Q}'),
 ])
 def test_chat_formats_yield_the_user_turn(canon, fmt, text):
-    assert canon(text) == Q, fmt
+    assert canon(text) == canon(Q) == Q[:-1], fmt # the user turn, without its final full stop
 
 @pytest.mark.parametrize('text', [
     'Write a dialogue in which User: asks for the time and Assistant: answers.', 'Explain the role of the system prompt in a chat model.',
     'You are given an array of integers; return the largest sum of a contiguous subarray.', 'Summarise: Human: error rates fell in 2020.',
 ])
-def test_prose_about_roles_is_left_alone(canon, text):
-    assert canon(text) == text
+def test_prose_about_roles_is_left_alone(canon, end, text):
+    assert canon(text) == end(text)
 
 @pytest.mark.parametrize('text', [
     f'Hello there! {Q}', f'Good evening everyone, {Q}', f'Hey, hope you are doing well. {Q}', f'{Q}\n\nKind regards,\nMaria Lopez',
@@ -100,16 +103,16 @@ def test_greetings_signoffs_and_politeness_are_removed(canon, text):
 
 @pytest.mark.parametrize('text', ['Hi!', 'Thanks!', 'Hello, how are you?', 'Write a thank you note to my aunt.', 'Translate "good morning" into Italian.',
                                   'Write a limerick that ends with "cheers".', 'One morning, a fox met a crow. Continue the story.'])
-def test_requests_that_are_greetings_or_about_them_stay(canon, text):
-    assert canon(text) == text
+def test_requests_that_are_greetings_or_about_them_stay(canon, end, text):
+    assert canon(text) == end(text)
 
-def test_unmodified_default_queries_change_rarely(canon, spelling):
+def test_unmodified_default_queries_change_rarely(canon, spelling, end):
     "Measured on the whole default dataset (bench/canonical_spelling.py has the per-step shares and examples): the spelling step changes ~3.5% of requests (real typos, and unknown acronyms and names one edit from a dictionary word, since it decides case-blind so that casing never changes a route); every step together (whitespace aside) ~10%, nearly all of it the greetings and sign-offs the default data's requests carry."
     from query_router.data import load_default_dataset
     qs = load_default_dataset().frame['query'].tolist()
     ws = Canonicalizer(load_canon_spec(steps=['whitespace']))
     sp = sum(spelling(q) != q for q in qs) / len(qs)
-    anything = sum(ws(canon(q)) != ws(q) for q in qs) / len(qs)
+    anything = sum(ws(canon(q)) != ws(end(q)) for q in qs) / len(qs) # beyond whitespace and the final punctuation
     wrap = Canonicalizer(load_canon_spec(steps=['chat_turn', 'chat_tokens', 'generic_system_prompt', 'system_prompt', 'markdown']))
     structural = sum(ws(wrap(q)) != ws(q) for q in qs) / len(qs)
     assert sp <= 0.05, sp
