@@ -72,14 +72,41 @@ def canon_meta(spec)->dict|bool:
     return {'steps': [s[0] for s in spec['steps']], 'version': spec.get('version'), 'min_chars': spec.get('min_chars'),
             'sha256': hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), 'source': 'query_router.canonical.load_canon_spec()'}
 
-def make_fitted(kind:str, opts:dict, emb, spec, d):
+from query_router.canonical import Canonicalizer
+
+class MemoCanonicalizer(Canonicalizer):
+    """`Canonicalizer(spec)` that remembers each text's canonical form for batches: the same spec, the same output and the same
+    `describe()` (what an artifact records), but the k-fold runs canonicalise the same training queries dozens of times.
+    A single query (the latency timing: one `route` call per query) is canonicalised afresh, as `serve` does it."""
+    def __init__(self, spec:dict):
+        super().__init__(spec); self.memo = {}
+    def __call__(self, texts):
+        if isinstance(texts, str) or len(texts) < 2: return super().__call__(texts)
+        m, out = self.memo, []
+        for t in texts:
+            v = m.get(t) if isinstance(t, str) else None
+            if v is None:
+                v = self.one(t)
+                if isinstance(t, str): m[t] = v
+            out.append(v)
+        return out
+
+def make_fitted(kind:str, opts:dict, emb, canon, d):
     "A router of `kind` fitted on `d` as `query_router.build.build_router` fits it: `make_router`, then the canonicalisation, then `fit`."
     r = make_router(kind, emb, **opts)
-    r.canonicalize = spec or False # as build_router: fit learns from canonicalised text, scoring canonicalises, save records the spec
+    r.canonicalize = canon or False # as build_router (`r.canonicalize = spec or False`): fit learns from canonicalised text, scoring canonicalises, save records the spec
     return r.fit(d)
 
 def factories(names, emb, spec=None):
-    return {n: (lambda kind, opts: (lambda d: make_fitted(kind, opts, emb, spec, d)))(*LINEUP[n]) for n in names}
+    "name -> factory `train_data -> fitted router`, every router canonicalised with `spec` (a spec dict from `canon_spec`, or None: off)."
+    canon = MemoCanonicalizer(spec) if spec else None # one per line-up: the routers share the remembered forms
+    return {n: (lambda kind, opts: (lambda d: make_fitted(kind, opts, emb, canon, d)))(*LINEUP[n]) for n in names}
+
+def warm_embeddings(emb, spec, *datas):
+    "Embed the canonical forms of the datasets' queries once, before the routers fit: `compare` embeds the raw queries first, and `fit_s` assumes the embeddings are cached."
+    if not spec: return
+    c = MemoCanonicalizer(spec)
+    emb.encode(sorted({q for d in datas if d is not None for q in c(list(d.queries))}))
 
 def through_artifacts(res, names, test, emb, work, n_latency, spec=None):
     "Save each fitted router as an artifact, load it back as `serve` does, and measure: size on disk, load time, p50 per query, same scores (and the same canonicalisation)."
@@ -93,12 +120,16 @@ def through_artifacts(res, names, test, emb, work, n_latency, spec=None):
         m = json.loads((p/'manifest.json').read_text())
         if sorted(lr.targets) != sorted(r.targets): raise SystemExit(f'{n}: the artifact lists targets {lr.targets}, the fitted router {r.targets}')
         cols = [list(lr.targets).index(t) for t in r.targets] # by name: a KNN artifact orders its targets by cost
-        diff = float(np.abs(lr.score_batch(test.queries[:200])[:, cols] - r.score_batch(test.queries[:200])).max())
+        q = test.queries[:200]; fitted = r.score_batch(q)
+        diff = float(np.abs(lr.score_batch(q)[:, cols] - fitted).max())
+        exact = {}
+        if m['kind'] == 'knn': # the artifact's approximate index aside: exact search must give the fitted scores (k, temperature, canonicalisation)
+            lr.exact = True; exact = {'max_score_diff_exact_search': float(np.abs(lr.score_batch(q)[:, cols] - fitted).max())}; lr.exact = False
         stored = m['settings'].get('canonicalize') or False
         if json.loads(json.dumps(stored)) != json.loads(json.dumps(spec or False)):
             raise SystemExit(f"{n}: the artifact records canonicalisation {canon_meta(stored)}, the router was fitted with {canon_meta(spec)}")
         out[n] = {'kind': m['kind'], 'artifact_mb': folder_bytes(p) / 2**20, 'files': len(m['files']), 'save_s': save_s, 'load_s': load_s,
-                  'max_score_diff_vs_fitted': diff, 'fit_s': next((row['fit_s'] for row in res['rows'] if row['router'] == n), None),
+                  'max_score_diff_vs_fitted': diff, **exact, 'fit_s': next((row['fit_s'] for row in res['rows'] if row['router'] == n), None),
                   'canonicalize_steps': lr.canonicalizer().names if lr.canonicalizer() else [],
                   **{k: m['settings'].get(k) for k in ('k', 'temperature', 'policy', 'param') if k in m['settings']}}
         loaded[n] = lr
@@ -141,6 +172,7 @@ def run(dataset, args, emb, work):
     if unknown: raise SystemExit(f'unknown routers {unknown}; choose from {list(LINEUP)}')
     t = time.time()
     spec = canon_spec(args.no_canon)
+    warm_embeddings(emb, spec, tr, va, te)
     res = compare(factories(names, emb, spec), tr, te, va, budgets=(0.5, 0.12), embedder=emb, n_latency=args.n_latency, calibration='cv', cal_folds=args.cal_folds, progress=False)
     res['meta']['wall_s'] = round(time.time() - t, 1)
     res['meta']['lineup'] = {n: {'kind': LINEUP[n][0], 'options': LINEUP[n][1]} for n in names}
@@ -160,7 +192,7 @@ TITLES = {'default': 'Default dataset (grouped split: train / valid / test)', 'l
 
 def artifacts_table(a:dict)->str:
     rows = [{'router': n, **v} for n, v in a.items()]
-    return markdown_table(rows, ['router', 'kind', 'fit_s', 'artifact_mb', 'files', 'load_s', 'p50_ms', 'p99_ms', 'max_score_diff_vs_fitted'])
+    return markdown_table(rows, ['router', 'kind', 'fit_s', 'artifact_mb', 'files', 'load_s', 'p50_ms', 'p99_ms', 'max_score_diff_vs_fitted', 'max_score_diff_exact_search'] + (['temperature'] if any('temperature' in v for v in a.values()) else []))
 
 def order_rows(res:dict)->dict:
     "Baselines first, then the routers in `LINEUP` order (others after), then the simple baselines: merged runs read like one."
@@ -195,9 +227,14 @@ def render(out):
         order_rows(out[d])
         write_report(out[d], RESULTS, f'compare_{d}', TITLES[d])
         md += [report_markdown(out[d], TITLES[d]), f'![cost-quality curves](compare_{d}_curves.png)', '']
+        cm = out[d]['meta'].get('canonicalize')
+        if cm is not None: # runs before issue 17 did not record it
+            md += [(f"Canonicalisation as `query-router build` applies it (`load_canon_spec()`, spec version {cm['version']}, sha256 {cm['sha256'][:12]}): "
+                    f"steps {', '.join(cm['steps'])}; every router learns from canonicalised training text and scores canonicalised queries.") if cm else
+                   'Canonicalisation off (`--no-canon`): the routers fit and score the text as it is, which is not what `query-router build` serves by default.', '']
         if out[d].get('artifacts'):
             md += ['Through the build path: each fitted router saved as an artifact (`save`, the last step of `query-router build`), loaded back with `load_router` '
-                   '(as `serve` does) and timed one query at a time in process (embedding included); `max_score_diff_vs_fitted` checks that the artifact serves what was fitted (exactly, for every kind but `knn`, whose artifact searches the approximate Annoy index while the in-memory fit searches exactly: Annoy returned other neighbours for 22% of these test queries; a `--index exact` artifact matches the fit to 2e-7).', '',
+                   '(as `serve` does) and timed one query at a time in process (embedding included); the artifact must record the canonicalisation the router was fitted with (`canonicalize_steps`; a mismatch stops the run); `max_score_diff_vs_fitted` checks that the artifact serves what was fitted (exactly, for every kind but `knn`, whose artifact searches the approximate Annoy index while the in-memory fit searches exactly, so some queries get other neighbours; `max_score_diff_exact_search` loads the same knn artifact searching exactly, which must match the fit: same k, temperature and canonicalisation).', '',
                    artifacts_table(out[d]['artifacts']), '']
     if 'bar' in out:
         b = out['bar']
@@ -235,6 +272,7 @@ def main():
                     tr, va, _ = load_eval_data('llmrouter')
                     names = [n for n in (split_names(args.cv_routers) or split_names(args.routers) or list(LINEUP)) if n in LINEUP]
                     spec = canon_spec(args.no_canon)
+                    warm_embeddings(emb, spec, tr, va)
                     t = time.time()
                     res = compare(factories(names, emb, spec), tr, None, va, budgets=(0.5, 0.12), embedder=emb, n_latency=0, calibration='cv',
                                   cal_folds=args.cal_folds, folds=args.folds, progress=True)

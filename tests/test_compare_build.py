@@ -14,6 +14,12 @@ def bench_compare():
     return m
 
 @pytest.fixture(scope='module')
+def embedder(embedder):
+    "conftest's embedder, remembering embeddings in memory: these tests embed the same few hundred queries many times."
+    from query_router.evaluate import CachedEmbedder
+    return CachedEmbedder(embedder)
+
+@pytest.fixture(scope='module')
 def train_test(default_data):
     return default_data.subset(range(300)), default_data.subset(range(300, 340))
 
@@ -113,5 +119,14 @@ def test_through_artifacts_checks_scores_and_canonicalisation(tmp_path, embedder
     for n in names: assert out[n]['canonicalize_steps'] == [s[0] for s in spec['steps']], n
     assert out['tfidf']['max_score_diff_vs_fitted'] < 1e-6
     assert out['knn (k=10)']['k'] == 10 and out['knn (k=10)']['temperature'] is None
+    assert out['knn (k=10)']['max_score_diff_exact_search'] < 1e-5 # the artifact searched exactly scores what was fitted
     with pytest.raises(SystemExit, match='records canonicalisation'): # a mismatch is refused, not reported as a score difference
         bench_compare.through_artifacts(res, ['tfidf'], te, embedder, tmp_path/'other', 0, None)
+
+def test_memo_canonicalizer_is_the_same_canonicalisation(bench_compare, default_data, canon):
+    "compare's remembering canonicaliser gives the package canonicaliser's output and records the same spec."
+    from query_router.canonical import Canonicalizer
+    c, m = Canonicalizer(canon), bench_compare.MemoCanonicalizer(canon)
+    q = default_data.queries[:200] + ['Hi there! What is the capital of France? Thank you so much!', '<|im_start|>user\nwrite a haiku<|im_end|>']
+    assert m(q) == c(q) and m(q) == c(q) # twice: from the memo the second time
+    assert len(m.memo) == len(set(q)) and m(q[-1]) == c(q[-1]) and m.describe() == canon
