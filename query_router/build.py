@@ -30,7 +30,7 @@ def make_router(kind:str, # one of `BUILD_KINDS` (not knn/classifier, which buil
               'hybrid': lambda k=30, C_embedding=1.0, C_tfidf=3.0, max_features=20_000, combine='stack', folds=5, C_stack=1.0, seed=0: HybridRouter(embedder, k, C_embedding, C_tfidf, max_features, combine, folds, C_stack, seed),
               'stacked': lambda k=100, C_embedding=1.0, C_task=10.0, max_features=20_000, prior_weight=1.0, max_groups=64, clusters=16, folds=3, C_stack=1.0, seed=0: StackedRouter(embedder, k, C_embedding, C_task, max_features, prior_weight, max_groups, clusters, folds, C_stack, seed),
               'mf': lambda dim=64, epochs=400, lr=1e-2, weight_decay=1e-4, seed=0: MFRouter(embedder, dim, epochs, lr, weight_decay, seed),
-              'knn': lambda k=10: MemoryKNNRouter(embedder, k)}
+              'knn': lambda k=10, temperature=None, policy='argmax', param=None: MemoryKNNRouter(embedder, k, temperature, policy, param)} # in memory (compare, sweeps); `build_router` builds the KNN artifact itself
     if kind not in makers: raise ValueError(f"unknown router kind {kind!r}; use one of {list(makers)}")
     import inspect
     ok = set(inspect.signature(makers[kind]).parameters)

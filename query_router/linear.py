@@ -262,8 +262,11 @@ def knn_vote(X:np.ndarray, # (points, dim) normalised embeddings of the labelled
              Q:np.ndarray, # (n, dim) normalised query embeddings
              k:int=10, # neighbours
              exclude:np.ndarray|None=None, # (n,) index of a point each query must not see (itself), or -1
-             chunk:int=2048)->np.ndarray:
-    "Similarity-weighted mean of the k nearest points' scores (negative similarities count 0), by exact search."
+             chunk:int=2048,
+             temperature:float|None=None, # None: the similarity-weighted rule; T > 0: hits weigh exp(similarity / T) (`knn.knn_scores`)
+            )->np.ndarray:
+    "The KNN artifact's vote (`knn.knn_scores`) over the k nearest points, found by exact search."
+    from query_router.knn import knn_scores
     k = min(k, len(X)); out = np.zeros((len(Q), Y.shape[1]))
     for s in range(0, len(Q), chunk):
         sims = Q[s:s + chunk] @ X.T
@@ -271,35 +274,48 @@ def knn_vote(X:np.ndarray, # (points, dim) normalised embeddings of the labelled
             e = np.asarray(exclude[s:s + chunk]); ok = e >= 0
             sims[np.flatnonzero(ok), e[ok]] = -np.inf
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        w = np.clip(np.take_along_axis(sims, idx, 1), 0, None)
-        w = np.where(w.sum(1, keepdims=True) > 0, w, 1.0)
-        out[s:s + chunk] = np.einsum('nk,nkt->nt', w, Y[idx]) / w.sum(1, keepdims=True)
+        out[s:s + chunk] = knn_scores(np.take_along_axis(sims, idx, 1), Y[idx], temperature)
     return out
 
 class MemoryKNNRouter(FittedRouter):
-    "The KNN router's vote by exact search in memory; `save` writes a KNN artifact."
+    "The KNN router's vote by exact search in memory; `save` writes a KNN artifact with the same k, temperature and decision."
     kind = 'knn'
-    def __init__(self, embedder, k:int=10):
+    def __init__(self, embedder, # an `Embedder`
+                 k:int=10, # neighbours
+                 temperature:float|None=None, # similarity temperature (None: the similarity-weighted rule; `knn.DEFAULT_TEMPERATURE` is the default artifact's)
+                 policy:str='argmax', # default decision; 'auto' resolves at fit as the KNN build does (tier data: smooth 0.5, else argmax)
+                 param:float|None=None, # the policy's parameter
+                ):
+        from query_router.knn import check_temperature
         self.embedder, self.k, self.fitted = embedder, int(k), False
+        self.temperature, self.policy, self.param = check_temperature(temperature), policy, param
     def _uses_embedder(self): return True
-    def settings(self): return {'k': self.k}
+    def settings(self): return {'k': self.k, 'temperature': self.temperature}
     def fit(self, data:RoutingData):
+        from query_router.knn import resolve_settings
         t = time.perf_counter(); self._begin_fit(data)
-        self.data = data
+        s = resolve_settings({'policy': self.policy, 'param': self.param}, data.kind)
+        self.default_policy, self.default_param = s['policy'], s.get('param')
+        self.data = data # canonicalised already when the router canonicalises (`Router`'s fit wrapper)
         self.X, self.Y = np.asarray(self.embedder.encode(data.queries), dtype=np.float32), data.scores()
         self.fitted, self.fit_s = True, time.perf_counter() - t
         return self
-    def score_batch(self, queries): self._check_fitted(); return knn_vote(self.X, self.Y, np.asarray(self.embedder.encode(list(queries))), self.k)
+    def score_batch(self, queries): self._check_fitted(); return knn_vote(self.X, self.Y, np.asarray(self.embedder.encode(list(queries))), self.k, temperature=self.temperature)
     def size_bytes(self)->int: return int(self.X.nbytes + self.Y.astype(np.float32).nbytes)
-    def save(self, out, extra=None, n_trees:int=50)->Path:
-        "Write a KNN artifact (the `knn` module's format) from the fitted data."
+    def save(self, out, extra=None, # artifact folder; `extra` is not used (the KNN build records the data source)
+             n_trees:int=50, # Annoy trees
+             **kw, # more `knn.build_artifacts` options (index='exact', ...)
+            )->Path:
+        "Write a KNN artifact (the `knn` module's format) from the fitted data, with this router's k, temperature, decision and canonicalisation."
         self._check_fitted()
         from query_router.knn import build_artifacts
-        return build_artifacts(out, self.data, self.embedder, n_trees=n_trees, settings={'k': self.k})
+        # the points are already canonicalised (fit); `Router.save` records this router's canonicalisation (or none) in the manifest
+        return build_artifacts(out, self.data, self.embedder, n_trees=n_trees, canonicalize=False, progress=False,
+                               settings={'k': self.k, 'temperature': self.temperature, 'policy': self.default_policy, 'param': self.default_param}, **kw)
 
-def fit_knn(data:RoutingData, embedder, k:int=10, workdir=None, n_trees:int=50)->MemoryKNNRouter:
+def fit_knn(data:RoutingData, embedder, k:int=10, workdir=None, n_trees:int=50, temperature:float|None=None)->MemoryKNNRouter:
     "A KNN router fitted in memory on `data` (`workdir` and `n_trees` are kept for old callers; nothing is written)."
-    return MemoryKNNRouter(embedder, k).fit(data)
+    return MemoryKNNRouter(embedder, k, temperature).fit(data)
 
 # %% ../nbs/04b_linear.ipynb #1634c9ee
 class HybridRouter(FittedRouter):
