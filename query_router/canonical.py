@@ -176,6 +176,7 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
 # %% ../nbs/02a_canonical.ipynb #81d72ef6
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
 _CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z][a-z])") # a Capitalised word (not a word in an all-caps text)
+_BARE_LEAD = re.compile(r"^\s*([^\W\d_]+)[ \t]+(?=[¡¿]?[A-Z])") # a first word, then a Capitalised one
 _QUOTE = re.compile(r"[\"“”:`]|(?<![^\W\d_])['‘’]|['‘’](?![^\W\d_])") # a quote or a colon; not the apostrophe inside "that's"
 
 @step_kind('phatic')
@@ -189,11 +190,13 @@ def phatic_step(p:dict, source:str='phatic'):
     tail = re.compile(p.get('tail', r"(?:(?<=[.!?…)\]\"”])|(?<=\n)|^)[\"'”’)\]]*[ \t]*([^\n.!?…]{1,80}?)[ \t]*[.!?…]*\s*$"))
     name_line = re.compile(p.get('name_line', r"\n[ \t]*[-–—~]?[ \t]*((?:[^\W\d_][\w'’-]*\.?[ \t]*){1,3})\s*$"))
     conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
+    bare = frozenset(w.lower() for w in p.get('bare_greetings', '').split()) # greetings that may run into the request unpunctuated
+    opening = frozenset(w.lower() for w in p.get('opening_anchors', '').split()) # greetings only as a segment's first word ('Morning all', not 'One morning')
     def phatic(seg:str, names_ok:bool=True)->bool:
         ws = _SEG_WORD.findall(seg)
         if _QUOTE.search(seg): return False # quoted text is the request's content
         if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
-        first = next((i for i, w in enumerate(ws) if w.lower() in anchors), None)
+        first = next((i for i, w in enumerate(ws) if w.lower() in anchors or (i == 0 and w.lower() in opening)), None)
         if first is None: return False
         other = [i for i, w in enumerate(ws) if w.lower() not in fillers]
         if not other: return True
@@ -208,6 +211,10 @@ def phatic_step(p:dict, source:str='phatic'):
             if _QUOTE.search(seg): continue
             if phatic(seg.lstrip('¡¿'), names_ok=False) and content(text[:m.start()]): return text[:m.start()]
         return text
+    def lead_unpunctuated(text:str)->str:
+        "A greeting run into the request without punctuation ('yo What is...', 'hey Can you...'): dropped when a Capitalised word follows ('hello world program' stays)."
+        m = _BARE_LEAD.match(text)
+        return text[m.end():] if m and m.group(1).lower() in bare and content(text[m.end():]) else text
     def run(text:str)->str:
         for _ in range(4): # a few segments each side ("Hi! Hope you are well. Quick question: ...")
             before = text
@@ -223,6 +230,7 @@ def phatic_step(p:dict, source:str='phatic'):
             m = tail.search(text)
             if m and m.start(1) > 0 and phatic(m.group(1)) and content(text[:m.start(1)]): text = text[:m.start(1)]
             elif text == before: text = tail_unpunctuated(text)
+            if text == before and bare: text = lead_unpunctuated(text)
             text = text.rstrip() if text != before else text
             if text == before: break
         return text
