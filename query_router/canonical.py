@@ -156,17 +156,17 @@ def spelling_step(p:dict, source:str='spelling'):
 # %% ../nbs/02a_canonical.ipynb #570f8d7d
 @step_kind('chat_turn')
 def chat_turn_step(p:dict, source:str='chat_turn'):
-    "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it) and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
+    "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it; `{prefix}` in it stands for the words the user marker's group `prefix` caught, as in 'GPT4 Correct User:' ... 'GPT4 Correct Assistant:') and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
     fmts = []
     for f in p['formats']:
-        fmts.append((re.compile(f['user']), re.compile(f['end']), re.compile(f['anchor']) if f.get('anchor') else None, [re.compile(x) for x in f.get('drop', [])]))
+        fmts.append((re.compile(f['user']), f['end'] if '{prefix}' in f['end'] else re.compile(f['end']), re.compile(f['anchor']) if f.get('anchor') else None, [re.compile(x) for x in f.get('drop', [])]))
     def run(text:str)->str:
         for user, end, anchor, drop in fmts:
             if anchor is not None and not anchor.search(text): continue
             ms = list(user.finditer(text))
             if not ms: continue
             rest = text[ms[-1].end():]
-            e = end.search(rest)
+            e = (re.compile(end.replace('{prefix}', re.escape(ms[-1].group('prefix') or ''))) if isinstance(end, str) else end).search(rest)
             q = rest[:e.start()] if e else rest
             for d in drop: q = d.sub('', q)
             if q.strip(): return q.strip()
@@ -176,6 +176,7 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
 # %% ../nbs/02a_canonical.ipynb #81d72ef6
 _SEG_WORD = re.compile(r"[^\W\d_]+", re.U)
 _CAP_START = re.compile(r"(?<=[^\W_])[ \t]+(?=[¡¿]?[A-Z][a-z])") # a Capitalised word (not a word in an all-caps text)
+_SENT_END = re.compile(r"[.!?:…。！？：]\s*$") # a segment that is a whole sentence
 _BARE_LEAD = re.compile(r"^\s*([^\W\d_]+)[ \t]+(?=[¡¿]?[A-Z])") # a first word, then a Capitalised one
 _QUOTE = re.compile(r"[\"“”:`]|(?<![^\W\d_])['‘’]|['‘’](?![^\W\d_])") # a quote or a colon; not the apostrophe inside "that's"
 
@@ -192,13 +193,14 @@ def phatic_step(p:dict, source:str='phatic'):
     conj = re.compile(p.get('conjunction', r"^\s*(?:but|and|so|mais|pero|ma|aber|maar)\b[,\s]*"), re.I)
     bare = frozenset(w.lower() for w in p.get('bare_greetings', '').split()) # greetings that may run into the request unpunctuated
     opening = frozenset(w.lower() for w in p.get('opening_anchors', '').split()) # greetings only as a segment's first word ('Morning all', not 'One morning')
-    def phatic(seg:str, names_ok:bool=True)->bool:
+    filler_sentences = bool(p.get('filler_sentences', False)) # a whole sentence of filler words goes too ('Got a minute?', 'That would be great.')
+    def phatic(seg:str, names_ok:bool=True, sentence:bool=False)->bool:
         ws = _SEG_WORD.findall(seg)
         if _QUOTE.search(seg): return False # quoted text is the request's content
         if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
         first = next((i for i, w in enumerate(ws) if w.lower() in anchors or (i == 0 and w.lower() in opening)), None)
-        if first is None: return False
         other = [i for i, w in enumerate(ws) if w.lower() not in fillers]
+        if first is None: return filler_sentences and sentence and not other
         if not other: return True
         # only a name may be outside the lexicon: the last words, right after a greeting or thanks ("Hi Sam", "thanks Anna"), in any case
         return names_ok and len(other) <= max_names and other == list(range(len(ws) - len(other), len(ws))) and ws[other[0] - 1].lower() in anchors
@@ -219,7 +221,7 @@ def phatic_step(p:dict, source:str='phatic'):
         for _ in range(4): # a few segments each side ("Hi! Hope you are well. Quick question: ...")
             before = text
             m = lead.match(text)
-            if m and m.end() < len(text) and phatic(m.group(1)) and content(text[m.end():]):
+            if m and m.end() < len(text) and phatic(m.group(1), sentence=bool(_SENT_END.search(m.group(0)))) and content(text[m.end():]):
                 rest = text[m.end():]
                 text = conj.sub('', rest) if re.search(r"\b(?:sorry|excuse|désolé|perdón|scusa|entschuldigung)\b", m.group(1), re.I) else rest
             m = name_line.search(text)
@@ -228,7 +230,7 @@ def phatic_step(p:dict, source:str='phatic'):
                 t2 = tail.search(head)
                 if t2 and t2.start(1) > 0 and phatic(t2.group(1), names_ok=False) and content(head[:t2.start(1)]): text = head[:t2.start(1)]
             m = tail.search(text)
-            if m and m.start(1) > 0 and phatic(m.group(1)) and content(text[:m.start(1)]): text = text[:m.start(1)]
+            if m and m.start(1) > 0 and phatic(m.group(1), sentence=text[:m.start(1)].rstrip(' \t"\'”’)]')[-1:] in '.!?…。！？') and content(text[:m.start(1)]): text = text[:m.start(1)]
             elif text == before: text = tail_unpunctuated(text)
             if text == before and bare: text = lead_unpunctuated(text)
             text = text.rstrip() if text != before else text
