@@ -228,7 +228,7 @@ def build_artifacts(out, # artifact folder to write
                     points=None, targets=None, # or the original's points.jsonl and targets.jsonl instead of data
                     candidates=None, # candidates file or list (costs of the targets)
                     n_trees:int=50, # Annoy trees
-                    settings:dict|None=None, # router defaults stored in the manifest
+                    settings:dict|None=None, # router defaults stored in the manifest, or the path of an exported settings.json (`export_artifact`)
                     index:str='annoy', # annoy (default), hnsw or exact
                     dtype:str='float32', # embeddings on disk: float32 or float16
                     keep_text:bool=True, # store the query text (False for private data)
@@ -239,6 +239,7 @@ def build_artifacts(out, # artifact folder to write
                    )->Path:
     "Embed a routing dataset (or read the original's files) and write a KNN artifact folder."
     emb = model if isinstance(model, Embedder) else Embedder(model)
+    if isinstance(settings, (str, Path)): settings = json.loads(Path(settings).read_text()) # what the exported artifact routed with (its canonicalisation too)
     if isinstance(candidates, (str, Path)): candidates = load_candidates(candidates)
     opts = dict(index=index, n_trees=n_trees, dtype=dtype, keep_text=keep_text, progress=progress, **kw)
     if points is not None or targets is not None:
@@ -425,7 +426,7 @@ def export_artifact(path, # a KNN artifact folder
                     chunk:int=65536, # points read at a time
                     progress:bool=True,
                    )->dict:
-    "Write the original's points.jsonl / targets.jsonl (and candidates.json) from a KNN artifact, in the order the points came (an ivf artifact stores them in list order); return their paths."
+    "Write the original's points.jsonl / targets.jsonl (and candidates.json), and settings.json (k, temperature, decision, canonicalisation), from a KNN artifact, in the order the points came (an ivf artifact stores them in list order); return their paths."
     from tqdm.auto import tqdm
     path, out = Path(path), Path(out); m = load_manifest(path)
     if m['kind'] != 'knn': raise ArtifactError(f"{path}: holds a {m['kind']!r} router; only KNN artifacts export to points/targets files")
@@ -455,7 +456,8 @@ def export_artifact(path, # a KNN artifact folder
                 for t, v in zip(names, row.tolist()):
                     if v != 0: yield {'point_uid': cols['ids'][i], 'target': t, 'score': v}
     write_jsonl(out/'points.jsonl', points()); write_jsonl(out/'targets.jsonl', targets())
-    res = {'points': out/'points.jsonl', 'targets': out/'targets.jsonl'}
+    (out/'settings.json').write_text(json.dumps({k: v for k, v in m['settings'].items() if k != 'index'}, indent=1)) # the points were embedded from canonicalised text: rebuild with settings=
+    res = {'points': out/'points.jsonl', 'targets': out/'targets.jsonl', 'settings': out/'settings.json'}
     if all(t['cost'] is not None for t in m['targets']):
         (out/'candidates.json').write_text(json.dumps({t['name']: {'cost_per_mtok': t['cost'], **({'size_b': parse_size(t['name'])} if parse_size(t['name']) else {})}
                                                        for t in m['targets']}, indent=1))
