@@ -537,7 +537,10 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
              ):
     "Build a KNN router artifact folder."
     t = time.time()
-    p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k, 'temperature': check_temperature(temperature or None, '--temperature'), 'policy': policy, **({'param': param} if param is not None else {})}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
+    exported = Path(points).with_name('settings.json') if points else None # written by `query-router export` beside the points: how their text was canonicalised
+    canon = json.loads(exported.read_text()).get('canonicalize') if exported and exported.exists() else None
+    if canon: print(f"the points' text was canonicalised ({exported}): queries will be too")
+    p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k, 'temperature': check_temperature(temperature or None, '--temperature'), 'policy': policy, **({'param': param} if param is not None else {}), **({'canonicalize': canon} if canon else {})}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
                         keep_text=not no_text, index_params={kk: v for kk, v in (('search_k', search_k), ('ef', ef), ('nlist', nlist), ('nprobe', nprobe), ('seed', seed)) if v is not None})
     m = load_manifest(p, verify=verify)
     print(f"built {p}: {m['n_points']} points, {m['dim']}-d, k={m['settings']['k']}, temperature={m['settings'].get('temperature')}, policy {m['settings'].get('policy')} {m['settings'].get('param')}, index {m['settings']['index']['kind']}, targets {[t['name'] for t in m['targets']]}, {time.time() - t:.1f}s"

@@ -129,3 +129,15 @@ def test_cli_writes_temperature_and_k(tmp_path, default_data):
         import httpx
         h = httpx.get(srv.url + '/health', timeout=30).json()
         assert h['k'] == 12 and h['temperature'] == 0.07 and h['policy'] == {'name': 'smooth', 'param': 0.5}
+
+def test_export_then_cli_rebuild_keeps_the_canonicalisation(tmp_path, embedder, default_data):
+    "The exported points were embedded from canonicalised text: `query-router build --points` reads the settings.json export writes beside them, so the rebuilt artifact canonicalises queries too and scores like the original."
+    from query_router.knn import export_artifact, build_cli
+    d = default_data.subset(range(60))
+    art = build_artifacts(tmp_path/'a', d, embedder, n_trees=5, settings={'k': 10})
+    ex = export_artifact(art, tmp_path/'ex', progress=False)
+    assert json.loads(ex['settings'].read_text())['canonicalize'] == load_manifest(art)['settings']['canonicalize']
+    build_cli.__wrapped__(out=str(tmp_path/'b'), model=None, points=str(ex['points']), targets=str(ex['targets']), k=10, temperature=0, n_trees=5)
+    assert load_manifest(tmp_path/'b')['settings']['canonicalize'] == load_manifest(art)['settings']['canonicalize']
+    q = ['Hi! What is the capital of France?', 'Explain recursion with an example in Python.']
+    np.testing.assert_allclose(KNNRouter(tmp_path/'b', embedder, exact=True).score_batch(q), KNNRouter(art, embedder, exact=True).score_batch(q), atol=1e-5)
