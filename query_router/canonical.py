@@ -159,7 +159,11 @@ def chat_turn_step(p:dict, source:str='chat_turn'):
     "The last user turn of a prompt written in a chat template; each format is data: `user` (the regex that opens a user turn), `end` (what ends it; `{prefix}` in it stands for the words the user marker's group `prefix` caught, as in 'GPT4 Correct User:' ... 'GPT4 Correct Assistant:') and, for plain-text role lines, `anchor` (the prompt must start with a role line, so that prose mentioning 'User:' is left alone)."
     fmts = []
     for f in p['formats']:
-        fmts.append((re.compile(f['user']), f['end'] if '{prefix}' in f['end'] else re.compile(f['end']), re.compile(f['anchor']) if f.get('anchor') else None, [re.compile(x) for x in f.get('drop', [])]))
+        user = re.compile(f['user'])
+        if '{prefix}' in f['end']: # checked now, so that no request meets a broken format
+            if 'prefix' not in user.groupindex: raise ValueError(f"{source}: format {f.get('name')!r}: 'end' uses {{prefix}} but 'user' has no group (?P<prefix>...)")
+            re.compile(f['end'].replace('{prefix}', ''))
+        fmts.append((user, f['end'] if '{prefix}' in f['end'] else re.compile(f['end']), re.compile(f['anchor']) if f.get('anchor') else None, [re.compile(x) for x in f.get('drop', [])]))
     def run(text:str)->str:
         for user, end, anchor, drop in fmts:
             if anchor is not None and not anchor.search(text): continue

@@ -19,8 +19,9 @@ from .index import *
 # %% auto #0
 __all__ = ['STR_COLUMNS', 'DEFAULT_K', 'DEFAULT_TEMPERATURE', 'DEFAULT_TIER_POLICY', 'DEFAULT_TIER_PARAM', 'DEFAULT_SETTINGS',
            'NpyWriter', 'StrColumnWriter', 'StrColumn', 'order_targets', 'write_knn', 'write_artifacts', 'scan_points',
-           'build_artifacts', 'resolve_settings', 'check_temperature', 'knn_scores', 'check_knn_manifest', 'KNNRouter',
-           'export_artifact', 'upgrade_artifact', 'build_cli', 'export_cli', 'upgrade_cli']
+           'read_settings', 'build_artifacts', 'resolve_settings', 'check_temperature', 'knn_scores',
+           'check_knn_manifest', 'KNNRouter', 'export_artifact', 'upgrade_artifact', 'build_cli', 'export_cli',
+           'upgrade_cli']
 
 # %% ../nbs/04_knn.ipynb #30b69d62
 STR_COLUMNS = ('ids', 'category', 'text')
@@ -222,6 +223,13 @@ def _file_chunks(points, scores, chunk):
         if len(buf) == chunk: yield flush(s); s += len(buf); buf = []
     if buf: yield flush(s)
 
+def read_settings(path)->dict:
+    "The router settings `export_artifact` wrote (settings.json), or a ValueError naming the file."
+    try: s = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: cannot read exported settings ({type(e).__name__}: {e})") from None
+    if not isinstance(s, dict): raise ValueError(f"{path}: exported settings must be a JSON object, not {type(s).__name__}")
+    return s
+
 def build_artifacts(out, # artifact folder to write
                     data=None, # `RoutingData`, or a dataset path / Hub name; default: the embedded default dataset
                     model=None, # embedder: Hub id, local path or `Embedder`; default: bundled all-MiniLM-L6-v2
@@ -239,7 +247,7 @@ def build_artifacts(out, # artifact folder to write
                    )->Path:
     "Embed a routing dataset (or read the original's files) and write a KNN artifact folder."
     emb = model if isinstance(model, Embedder) else Embedder(model)
-    if isinstance(settings, (str, Path)): settings = json.loads(Path(settings).read_text()) # what the exported artifact routed with (its canonicalisation too)
+    if isinstance(settings, (str, Path)): settings = read_settings(settings) # what the exported artifact routed with (its canonicalisation too)
     if isinstance(candidates, (str, Path)): candidates = load_candidates(candidates)
     opts = dict(index=index, n_trees=n_trees, dtype=dtype, keep_text=keep_text, progress=progress, **kw)
     if points is not None or targets is not None:
@@ -538,7 +546,7 @@ def build_cli(out:str='artifacts/default', # artifact folder to write
     "Build a KNN router artifact folder."
     t = time.time()
     exported = Path(points).with_name('settings.json') if points else None # written by `query-router export` beside the points: how their text was canonicalised
-    canon = json.loads(exported.read_text()).get('canonicalize') if exported and exported.exists() else None
+    canon = read_settings(exported).get('canonicalize') if exported and exported.exists() else None
     if canon: print(f"the points' text was canonicalised ({exported}): queries will be too")
     p = build_artifacts(out, data, model, points, targets, candidates, n_trees, settings={'k': k, 'temperature': check_temperature(temperature or None, '--temperature'), 'policy': policy, **({'param': param} if param is not None else {}), **({'canonicalize': canon} if canon else {})}, canonicalize=not no_canonicalize, index=index, dtype='float16' if float16 else 'float32',
                         keep_text=not no_text, index_params={kk: v for kk, v in (('search_k', search_k), ('ef', ef), ('nlist', nlist), ('nprobe', nprobe), ('seed', seed)) if v is not None})

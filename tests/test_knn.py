@@ -141,3 +141,13 @@ def test_export_then_cli_rebuild_keeps_the_canonicalisation(tmp_path, embedder, 
     assert load_manifest(tmp_path/'b')['settings']['canonicalize'] == load_manifest(art)['settings']['canonicalize']
     q = ['Hi! What is the capital of France?', 'Explain recursion with an example in Python.']
     np.testing.assert_allclose(KNNRouter(tmp_path/'b', embedder, exact=True).score_batch(q), KNNRouter(art, embedder, exact=True).score_batch(q), atol=1e-5)
+
+def test_a_broken_exported_settings_file_is_named(tmp_path, embedder, default_data):
+    from query_router.knn import export_artifact, build_cli
+    art = build_artifacts(tmp_path/'a', default_data.subset(range(20)), embedder, n_trees=2)
+    ex = export_artifact(art, tmp_path/'ex', progress=False)
+    ex['settings'].write_text('{"k": 10,')
+    with pytest.raises(ValueError, match='settings.json: cannot read exported settings'):
+        build_cli.__wrapped__(out=str(tmp_path/'b'), points=str(ex['points']), targets=str(ex['targets']), n_trees=2)
+    ex['settings'].write_text('[1]')
+    with pytest.raises(ValueError, match='must be a JSON object'): build_artifacts(tmp_path/'c', points=ex['points'], targets=ex['targets'], model=embedder, settings=ex['settings'])
