@@ -187,7 +187,7 @@ def dataset(name, n, seed=0):
 
 def run_dataset(name, args, emb, variants, spec, work, log):
     fit, tune, full, test, whole = dataset(name, args.n_default if name == 'default' else args.n, args.seed)
-    costs = np.asarray(test.costs(), dtype=float); O = outcomes(test); Ot = outcomes(tune)
+    costs = np.asarray(test.costs(), dtype=float); O = outcomes(test); Ot = outcomes(tune); Ow = outcomes(whole)
     tiers = ev.label_index(test) if test.kind == 'tiers' else None
     ref = ev.best_single(outcomes(full), costs); budget = 0.5 * costs[ref]
     vn_of = lambda f, v: f"{f}/{v['name']}" + (' (fresh)' if v.get('fresh') else '')
@@ -217,7 +217,7 @@ def run_dataset(name, args, emb, variants, spec, work, log):
         for rname, r in main.items():
             t = time.time()
             S0 = r.score_batch(test.queries); SV = {vn: r.score_batch(texts[vn]) for vn in vnames}
-            Sw = r.score_batch(whole.queries) if tiers is not None else None # tier accuracy on the whole test split too (the 200 rewritten are a noisy sample)
+            Sw = r.score_batch(whole.queries) # tier accuracy and calibrated quality on the whole test split too (the 200 rewritten are a noisy sample)
             tr_ = tuner.get(rname) if test.kind == 'outcomes' else None
             Sv_tune = tr_.score_batch(tune.queries) if tr_ is not None else None
             cfg = {'router': rname, 'canonicalize': canon_on, 'margins': {},
@@ -240,6 +240,8 @@ def run_dataset(name, args, emb, variants, spec, work, log):
                         c0 = decide(S0, 'utility', lam, costs, m, tb)
                         q, c = ev.route_value(c0, O, costs)
                         res.update({'cal_lambda': lam, 'cal_quality': q, 'cal_cost_rel': c / costs[ref]})
+                        qw, cw = ev.route_value(decide(Sw, 'utility', lam, costs, m, tb), Ow, costs)
+                        res.update({'cal_quality_whole_test': qw, 'cal_cost_rel_whole_test': cw / costs[ref]})
                         res['calibrated'] = summarise({vn: flip_stats(c0, decide(SV[vn], 'utility', lam, costs, m, tb), O, costs) for vn in vnames}, fam_of, part)
                         # the same rule on the tuning side: quality on the calibration split, robustness of its rewritten requests
                         ct = decide(Sv_tune, 'utility', lam, costs, m, tb); St0 = tr_.score_batch(tune_rw.queries)
@@ -272,6 +274,7 @@ def choose_margin(margins:dict)->dict|None:
     v = margins[key]
     return {'rule': key, 'how': f'calibration split: max robustness (seen variants) s.t. calibrated quality >= no-margin - {QUALITY_SLACK}', 'tune': tuned[key], 'tune_no_margin': tuned['0'],
             'test': {'cal_quality': v['cal_quality'], 'cal_quality_no_margin': margins['0']['cal_quality'],
+                     **({'cal_quality_whole_test': v['cal_quality_whole_test'], 'cal_quality_whole_test_no_margin': margins['0']['cal_quality_whole_test']} if 'cal_quality_whole_test' in v else {}),
                      **{f'robustness_{p}': v['calibrated'][p]['robustness'] for p in PARTS if p in v['calibrated']}}}
 
 def pick(res:dict, name:str)->dict:
@@ -280,7 +283,7 @@ def pick(res:dict, name:str)->dict:
     for key, c in res['configs'].items():
         out[key] = {m: {**{('robustness' if p == 'seen' else f'robustness_{p}'): v['argmax'][p]['robustness'] for p in PARTS if p in v['argmax']},
                         **{f'flips_over_1_apart_{p}': v['argmax'][p]['flips_over_1_apart'] for p in PARTS if p in v['argmax']},
-                        'max_jump': max(v['argmax'][p]['max_jump'] for p in PARTS if p in v['argmax']), **{k: v[k] for k in ('accuracy', 'accuracy_whole_test', 'quality', 'cal_quality', 'cost_rel', 'cal_cost_rel') if k in v},
+                        'max_jump': max(v['argmax'][p]['max_jump'] for p in PARTS if p in v['argmax']), **{k: v[k] for k in ('accuracy', 'accuracy_whole_test', 'quality', 'cal_quality', 'cost_rel', 'cal_cost_rel', 'cal_quality_whole_test', 'cal_cost_rel_whole_test') if k in v},
                         **({f'robustness_calibrated_{p}': v['calibrated'][p]['robustness'] for p in PARTS if p in v['calibrated']} if 'calibrated' in v else {})}
                     for m, v in c['margins'].items()}
         if c.get('chosen_margin'): out[key]['chosen_margin'] = c['chosen_margin']
@@ -321,7 +324,7 @@ def markdown(out:dict)->str:
         q = 'accuracy' if res['kind'] == 'tiers' else 'cal_quality'
         parts = [p for p in PARTS if any(p in v['argmax'] for c in res['configs'].values() for v in c['margins'].values())]
         lines += [f"### {name} ({res['n_test']} test requests rewritten, routers fitted on {res['n_fit']}; {len(out['meta']['variants'])} rewrite variants)", '',
-                  '| router | remedies | ' + ' | '.join(f'robustness, {PART_TITLE[p]}' for p in parts) + f" | worst family, seen (flips) | flips > 1 target apart ({' / '.join(PART_TITLE[p] for p in parts)}) | max jump | {q if q != 'accuracy' else 'accuracy, rewritten sample (whole test split)'} |",
+                  '| router | remedies | ' + ' | '.join(f'robustness, {PART_TITLE[p]}' for p in parts) + f" | worst family, seen (flips) | flips > 1 target apart ({' / '.join(PART_TITLE[p] for p in parts)}) | max jump | {q if q != 'accuracy' else 'accuracy, rewritten sample (whole test split)'}{' (whole test split)' if q == 'cal_quality' else ''} |",
                   '|---|---|' + '---:|' * len(parts) + '---|---:|---:|---:|']
         for key, c in res['configs'].items():
             for m, v in c['margins'].items():
@@ -334,17 +337,18 @@ def markdown(out:dict)->str:
                 lines.append(f"| {c['router']} | {rem} | " + ' | '.join(rb(p) for p in parts) + f" | {worst[0]} ({worst[1]['flip_share']:.1%}) | "
                              + ' / '.join(str(v['argmax'][p]['flips_over_1_apart']) if p in v['argmax'] else '–' for p in parts)
                              + f" | {max(v['argmax'][p]['max_jump'] for p in parts if p in v['argmax'])} | {v.get(q, float('nan')):.3f}"
-                             + (f" ({v['accuracy_whole_test']:.3f})" if 'accuracy_whole_test' in v else '') + ' |')
+                             + (f" ({v['accuracy_whole_test']:.3f})" if 'accuracy_whole_test' in v else f" ({v['cal_quality_whole_test']:.3f})" if 'cal_quality_whole_test' in v else '') + ' |')
         lines.append('')
         chosen = [(k, c) for k, c in res['configs'].items() if c.get('chosen_margin')]
         if chosen:
             lines += [f'Margin rule chosen on the calibration split ({name}: max seen robustness of the rewritten calibration requests, calibrated quality within {QUALITY_SLACK} of no margin there), and its test result:', '',
-                      '| router | rule | calibration: quality (no margin) | calibration: robustness | test: cal_quality (no margin) | test: robustness ' + ' / '.join(PART_TITLE[p] for p in parts) + ' |',
-                      '|---|---|---:|---:|---:|---:|']
+                      '| router | rule | calibration: quality (no margin) | calibration: robustness | test: cal_quality (no margin) | whole test split: cal_quality (no margin) | test: robustness ' + ' / '.join(PART_TITLE[p] for p in parts) + ' |',
+                      '|---|---|---:|---:|---:|---:|---:|']
             for k, c in chosen:
                 ch = c['chosen_margin']; t = ch['test']
                 lines.append(f"| {k} | {ch['rule']} | {ch['tune']['cal_quality']:.4f} ({ch['tune_no_margin']['cal_quality']:.4f}) | {ch['tune']['robustness_seen']:.3f} | "
-                             f"{t['cal_quality']:.4f} ({t['cal_quality_no_margin']:.4f}) | " + ' / '.join(f"{t[f'robustness_{p}']:.3f}" if f'robustness_{p}' in t else '–' for p in parts) + ' |')
+                             f"{t['cal_quality']:.4f} ({t['cal_quality_no_margin']:.4f}) | "
+                             + (f"{t['cal_quality_whole_test']:.4f} ({t['cal_quality_whole_test_no_margin']:.4f}) | " if 'cal_quality_whole_test' in t else '– | ') + ' / '.join(f"{t[f'robustness_{p}']:.3f}" if f'robustness_{p}' in t else '–' for p in parts) + ' |')
             lines.append('')
         fams = list(dict.fromkeys(f['family'] for f in out['meta']['variants']))
         lines += [f"Flip share per family, {' / '.join(PART_TITLE[p] for p in parts)} variants ({name}):", '',

@@ -27,7 +27,7 @@ def _read_json(path, what:str)->dict:
     return d
 
 # %% ../nbs/02a_canonical.ipynb #5f08f262
-SPEC_VERSION = 2 # specs this package applies; version 1 (regex steps only) still loads and applies exactly as before
+SPEC_VERSION = 3 # specs this package applies; version 1 (regex steps only) and 2 (kinds) still load and apply exactly as before; 3 adds step parameters
 _STEP_KINDS = {} # kind -> factory(params:dict, source:str) -> callable(text)->text
 
 def step_kind(name:str):
@@ -96,6 +96,17 @@ _WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
 _ANYWORD = re.compile(r"[A-Za-z]{2,}")
 
+def _in_digit_token(t:str, m)->bool:
+    "The word `m` is part of a token with a digit in it (`penta-1,3-diene`, `v2beta`): a formula or an identifier, not a misspelling."
+    a, b = t.rfind(' ', 0, m.start()) + 1, t.find(' ', m.end())
+    return any(c.isdigit() for c in t[a:len(t) if b < 0 else b])
+
+def _zipf(word:str, lang:str)->float:
+    "How common `word` is on the web (wordfreq's Zipf scale: 3 is once per million words); names and terms score where typos do not."
+    try: from wordfreq import zipf_frequency
+    except ImportError: raise ImportError("the 'spelling' step's known_wordfreq needs wordfreq: pip install wordfreq") from None
+    return zipf_frequency(word, lang, wordlist='large')
+
 _SPELLING_VARIANTS = (('our', 'or'), ('tre', 'ter'), ('ise', 'ize'), ('isa', 'iza'), ('yse', 'yze'), ('ae', 'e'), ('oe', 'e'))
 
 def _keep_case(word:str, fix:str)->str:
@@ -112,11 +123,16 @@ def spelling_step(p:dict, source:str='spelling'):
     min_count = int(p.get('min_count', 0))
     english, min_english_share = frozenset(w.lower() for w in p.get('english_words', ())), float(p.get('min_english_share', 1.0))
     max_unknown_share_english = float(p.get('max_unknown_share_english', max_unknown_share))
+    wf = p.get('known_wordfreq') # {'lang': 'en', 'min_zipf': 2.2}: a word this common on the web is a name or a term, not a typo
+    digit_tokens = bool(p.get('skip_digit_tokens', False))
+    if wf is not None:
+        if not (isinstance(wf, dict) and isinstance(wf.get('lang'), str) and isinstance(wf.get('min_zipf'), (int, float))): raise ValueError(f"{source}: spelling's known_wordfreq must look like {{'lang': 'en', 'min_zipf': 2.2}}, got {wf!r:.80}")
+        _zipf('the', wf['lang']) # a missing wordfreq or language fails when the spec loads, not on a request
     @functools.lru_cache(maxsize=1<<16)
     def known(lw:str)->bool:
         words = _symspell(dictionary, index_edit).words
         vocab = _tokenizer_words(vocab_pkg) if vocab_pkg else frozenset()
-        def k(w): return w in words or w in vocab or w in protect
+        def k(w): return w in words or w in vocab or w in protect or (wf is not None and _zipf(w, wf['lang']) >= wf['min_zipf'])
         return k(lw) or any(lw.endswith(s) and len(lw) - len(s) >= 3 and k(lw[:-len(s)]) for s in suffixes)
     @functools.lru_cache(maxsize=1<<16)
     def suggest(lw:str)->str|None:
@@ -133,6 +149,7 @@ def spelling_step(p:dict, source:str='spelling'):
         def fix(m):
             w = m.group(1); lw = w.lower()
             if len(lw) < min_len or known(lw) or counts[lw] > 1: return w # repeated: meant that way
+            if digit_tokens and _in_digit_token(t, m): return w
             if case_sensitive and (not (w.islower() or w[1:].islower()) or (w[0].isupper() and not _SENT_START.search(t[max(0, m.start() - 3):m.start()]))): return w # an acronym, an identifier or a name
             r = suggest(lw)
             return w if r is None else _keep_case(w, r)
@@ -198,9 +215,13 @@ def phatic_step(p:dict, source:str='phatic'):
     bare = frozenset(w.lower() for w in p.get('bare_greetings', '').split()) # greetings that may run into the request unpunctuated
     opening = frozenset(w.lower() for w in p.get('opening_anchors', '').split()) # greetings only as a segment's first word ('Morning all', not 'One morning')
     filler_sentences = bool(p.get('filler_sentences', False)) # a whole sentence of filler words goes too ('Got a minute?', 'That would be great.')
+    content_chars = re.compile(p['content_chars']) if p.get('content_chars') else None # digits, math, code: never small talk ('One 7.0 kg ball', 'If $0.5')
+    questions = frozenset(w.lower() for w in p.get('question_words', '').split()) # a question is the request ('How would you do this?')...
+    phatic_question = re.compile(p.get('phatic_questions', r'(?!)'), re.I) # ...unless it is small talk ('How are you?', "how's it going")
     def phatic(seg:str, names_ok:bool=True, sentence:bool=False)->bool:
         ws = _SEG_WORD.findall(seg)
-        if _QUOTE.search(seg): return False # quoted text is the request's content
+        if _QUOTE.search(seg) or (content_chars and content_chars.search(seg)): return False # quoted text, numbers and formulas are the request's content
+        if questions and any(w.lower() in questions for w in ws) and not phatic_question.fullmatch(seg.strip()): return False
         if not ws or len(ws) > max_words or ws[-1].lower() in titles: return False # "Dear Ms." goes on to the name
         first = next((i for i, w in enumerate(ws) if w.lower() in anchors or (i == 0 and w.lower() in opening)), None)
         other = [i for i, w in enumerate(ws) if w.lower() not in fillers]

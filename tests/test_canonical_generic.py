@@ -107,7 +107,7 @@ def test_requests_that_are_greetings_or_about_them_stay(canon, end, text):
     assert canon(text) == end(text)
 
 def test_unmodified_default_queries_change_rarely(canon, spelling, end):
-    "Measured on the whole default dataset (bench/canonical_spelling.py has the per-step shares and examples): the spelling step changes ~3.5% of requests (real typos, and unknown acronyms and names one edit from a dictionary word, since it decides case-blind so that casing never changes a route); every step together (whitespace aside) ~10%, nearly all of it the greetings and sign-offs the default data's requests carry."
+    "Measured on the whole default dataset (bench/canonical_spelling.py has the per-step shares and examples): the spelling step changes ~2% of requests (real typos, and a few unknown acronyms and names one edit from a dictionary word and rarer than wordfreq's Zipf 2.2, since it decides case-blind so that casing never changes a route); every step together (whitespace aside) ~10%, nearly all of it the greetings and sign-offs the default data's requests carry."
     from query_router.data import load_default_dataset
     qs = load_default_dataset().frame['query'].tolist()
     ws = Canonicalizer(load_canon_spec(steps=['whitespace']))
@@ -115,16 +115,24 @@ def test_unmodified_default_queries_change_rarely(canon, spelling, end):
     anything = sum(ws(canon(q)) != ws(end(q)) for q in qs) / len(qs) # beyond whitespace and the final punctuation
     wrap = Canonicalizer(load_canon_spec(steps=['chat_turn', 'chat_tokens', 'generic_system_prompt', 'system_prompt', 'markdown']))
     structural = sum(ws(wrap(q)) != ws(q) for q in qs) / len(qs)
-    assert sp <= 0.05, sp
+    assert sp <= 0.03, sp
     assert anything <= 0.15, anything
     assert structural <= 0.005, structural
 
-def test_old_specs_apply_exactly_the_old_steps():
-    "An artifact built before spec version 2 stores a version-1 spec (regex steps only); it keeps routing on exactly the text it was built with."
-    d = json.loads((HERE/'canonical_v1_spec.json').read_text())
+@pytest.mark.parametrize('name', ['canonical_v1_spec.json', 'canonical_v2_spec.json'])
+def test_old_specs_apply_exactly_the_old_steps(name):
+    "An artifact stores the spec it was built with (version 1: regex steps only; version 2: kinds without version 3's parameters); it keeps routing on exactly the text it was built with, mistakes included."
+    d = json.loads((HERE/name).read_text())
     c = as_canonicalizer(d['spec'])
-    assert c.names == [s for s, _ in d['spec']['steps']] and 'spelling' not in c.names
+    assert c.names == [s for s, _ in d['spec']['steps']] and ('spelling' in c.names) == (d['spec']['version'] >= 2)
     assert c(d['texts']) == d['expected']
+
+def test_version_3_fixes_what_version_2_got_wrong(canon, end):
+    "The texts in canonical_v2_spec.json that version 2 damaged (a question dropped, a number cut, an acronym and a name 'corrected', blanks unbolded) keep their task in version 3."
+    d = json.loads((HERE/'canonical_v2_spec.json').read_text())
+    for t, old in list(zip(d['texts'], d['expected']))[:5]:
+        assert canon(t) == end(t) != old, t
+    assert canon(d['texts'][5:]) == d['expected'][5:] # the small talk, typos and chat template still go
 
 def test_old_spec_through_an_artifact(tmp_path):
     from query_router.data import load_default_dataset
@@ -137,12 +145,65 @@ def test_old_spec_through_an_artifact(tmp_path):
     assert r.canonicalizer().names == [s for s, _ in spec['steps']]
     assert r.prepare(['Wirte a poem. Thanks!']) == ['Wirte a poem.'] # the old steps: no spelling
 
-def test_default_spec_is_version_2_with_the_new_steps():
+def test_default_spec_is_version_3_with_the_new_parameters():
     spec = load_canon_spec()
-    assert spec['version'] == SPEC_VERSION == 2
-    assert {'spelling', 'chat_turn', 'phatic'} <= {s for s, _ in spec['steps']}
+    assert spec['version'] == SPEC_VERSION == 3
+    steps = dict(spec['steps'])
+    assert {'spelling', 'chat_turn', 'phatic'} <= set(steps)
+    assert {'content_chars', 'question_words', 'phatic_questions'} <= set(steps['phatic'])
+    assert {'known_wordfreq', 'skip_digit_tokens'} <= set(steps['spelling'])
 
 def test_newer_spec_and_bad_steps_fail_clearly():
-    with pytest.raises(ValueError, match='version 3'): Canonicalizer({'version': 3, 'steps': []})
+    with pytest.raises(ValueError, match='version 4'): Canonicalizer({'version': 4, 'steps': []})
+    with pytest.raises(ValueError, match='known_wordfreq must look like'): make_step('s', {**dict(load_canon_spec()['steps'])['spelling'], 'known_wordfreq': 2.2})
     with pytest.raises(ValueError, match="unknown kind 'vibes'"): Canonicalizer({'version': 2, 'steps': [['x', {'kind': 'vibes'}]]})
     with pytest.raises(ValueError, match="step 'x': bad parameters"): Canonicalizer({'version': 2, 'steps': [['x', {'kind': 'phatic'}]]})
+
+
+CODE_TABLE = '''def grade(gpa):
+    """Letter grades:
+            > 3.7                A
+            > 3.3                A-
+    """'''
+
+@pytest.mark.parametrize('text', [
+    'You have transformed E. coli cells with pUC18 (pUC origin, AmpR). Do you expect this to be easy or difficult? How would you do this?',
+    "What's the etiquette around bringing a plus-one to a wedding? When is it okay?",
+    'git bisect says a docs commit broke the build. how?',
+    'One 7.0 kg bowling ball is lifted to a shelf 1.0 m above the floor. Which force acts on it?',
+    'If $0.\\overline{42}$ is written as a fraction $\\frac{a}{b}$, what is $a+b$?',
+    '2026-11-26T03:14:07 ERROR disk full on /var. What does this log line mean?',
+    'How do I install CUDA on Ubuntu?', 'What is SaaS and how is it priced?', 'Why is NaOH a strong base?',
+    'What is the final season of downton abbey', 'Which book did Roald Dahl write about a chocolate factory?',
+    'Name the product of (E)-penta-1,3-diene and maleic anhydride.', '____ burns from the energy of ____', CODE_TABLE,
+])
+def test_task_text_is_left_alone(canon, text):
+    "Found on real prompts (LLMRouter and the default data): questions made of common words, numbers and formulas, acronyms, names, terms, fill-in blanks and indented code carry the task."
+    assert canon(text) == Canonicalizer(load_canon_spec(steps=['end_punctuation', 'whitespace']))(text)
+
+@pytest.mark.parametrize('text,request_', [
+    ('Hi, how are you? What is 2+2?', 'What is 2+2'), ('Hey! How was your weekend? Explain TCP.', 'Explain TCP'),
+    ('good morning!! how are you doing? what causes jet lag?', 'what causes jet lag'),
+    ("What causes jet lag? How's it going?", 'What causes jet lag'), ('Dear Grace, How are you? Explain TCP.', 'Explain TCP'),
+    ('> What is a monad?', 'What is a monad'), ('**What is a monad?**', 'What is a monad'),
+])
+def test_small_talk_questions_and_wrapping_still_go(canon, text, request_):
+    assert canon(text) == request_
+
+def test_real_prompts_keep_numbers_and_questions(canon):
+    "On every LLMRouter prompt: no token with a digit changes, and every question that is not small talk keeps its words (spelling aside)."
+    from conftest import need_shared
+    need_shared()
+    from query_router.core import shared_data_dir
+    spec = dict(load_canon_spec()['steps'])['phatic']
+    small_talk, qw = re.compile(spec['phatic_questions'], re.I), set(spec['question_words'].split())
+    def digit_tokens(t): return sorted(w.rstrip('.?!:;') for w in re.findall(r"\S*\d\S*", t))
+    bad, no_spelling = [], Canonicalizer(load_canon_spec(steps=[s for s in canon.names if s != 'spelling']))
+    for f in ('train.jsonl', 'test.jsonl'):
+        for line in (shared_data_dir()/f).read_text().splitlines():
+            t = json.loads(line)['prompt']; c = canon(t); cw = set(re.findall(r"\w+", no_spelling(t)))
+            if digit_tokens(t) != digit_tokens(c): bad.append(('digits', t[:120]))
+            for q in re.findall(r"[^.?!,;:\n]*\?", t): # the clause that asks
+                ws = re.findall(r"\w+", q)
+                if {w.lower() for w in ws} & qw and not small_talk.fullmatch(q.strip()) and not set(ws) <= cw: bad.append(('question', q.strip()[:120]))
+    assert not bad, bad[:10]
