@@ -176,6 +176,7 @@ CODE_TABLE = '''def grade(gpa):
     'How do I install CUDA on Ubuntu?', 'What is SaaS and how is it priced?', 'Why is NaOH a strong base?',
     'What is the final season of downton abbey', 'Which book did Roald Dahl write about a chocolate factory?',
     'Name the product of (E)-penta-1,3-diene and maleic anhydride.', '____ burns from the energy of ____', CODE_TABLE,
+    'Instruction: fold the paper twice. Why does it tear?', 'The <human> tag in this XML: what is it for?', 'Is it dumb to buy a house now?',
 ])
 def test_task_text_is_left_alone(canon, text):
     "Found on real prompts (LLMRouter and the default data): questions made of common words, numbers and formulas, acronyms, names, terms, fill-in blanks and indented code carry the task."
@@ -186,6 +187,8 @@ def test_task_text_is_left_alone(canon, text):
     ('good morning!! how are you doing? what causes jet lag?', 'what causes jet lag'),
     ("What causes jet lag? How's it going?", 'What causes jet lag'), ('Dear Grace, How are you? Explain TCP.', 'Explain TCP'),
     ('> What is a monad?', 'What is a monad'), ('**What is a monad?**', 'What is a monad'),
+    ('Sorry if this is a dumb question, but explain TCP.', 'explain TCP'), ('Just curious — Explain TCP.', 'Explain TCP'),
+    ('Howdy! Explain TCP. Much obliged.', 'Explain TCP'), ('Instruction: Explain TCP.\nResponse:', 'Explain TCP'), ('<human>: Explain TCP.\n<bot>:', 'Explain TCP'),
 ])
 def test_small_talk_questions_and_wrapping_still_go(canon, text, request_):
     assert canon(text) == request_
