@@ -15,7 +15,7 @@ on training data only (the default data's validation split; a held-out fifth of 
     python bench/robustness.py                          # both datasets, 400 test requests each
     python bench/robustness.py --only default --n 100   # a quick look
     python bench/robustness.py --all-variants           # every variant of rewrites.json (FULL; slow on a CPU)
-    python bench/robustness.py --fresh FILE             # also a blind rewrites file: its variants are a third column, "fresh (blind)"
+    python bench/robustness.py --fresh FILE             # also a blind rewrites file: its variants are a third column, "fresh" (blind the first time it is run)
 
 Routers: `default` is the default artifact exactly as `query-router build` writes it (k, similarity temperature and, on tier
 data, the smooth decision: `knn.DEFAULT_SETTINGS`), measured with its own decision; `soft-knn` is a KNN artifact with a
@@ -212,6 +212,7 @@ def run_dataset(name, args, emb, variants, spec, work, log):
         if args.finetuned and name == 'default':
             fe = MergingCache(ev.Embedder(args.finetuned), cache_dir=args.cache)
             main['knn10-finetuned'] = build_knn(full, fe, 10, work, canon)
+            from query_router.knn import DEFAULT_SETTINGS
             main['default-finetuned'] = build_knn(full, fe, DEFAULT_SETTINGS['k'], work, canon, DEFAULT_SETTINGS) # the default artifact's settings on the fine-tuned embedder
             fe.encode(list(dict.fromkeys(test.queries + [t for ts in texts.values() for t in ts]))); fe.save()
         log(f'{name}: built {list(main)} (canon={canon_on}, soft-knn k, T = {soft}) in {time.time() - t:.0f}s')
@@ -398,7 +399,7 @@ def main():
     ap.add_argument('--routers', default=KINDS)
     ap.add_argument('--ordinal-levels', default='0.5', help='tier data: cumulative levels of the ordinal decision to measure (0.5: the median tier)')
     ap.add_argument('--smooth', default='0.5', help='tier data: neighbour weights of the smooth decision to measure')
-    ap.add_argument('--fresh', help='an extra rewrites file (the format of query_router/rewrites.json) whose every variant is reported apart, as "fresh (blind)"')
+    ap.add_argument('--fresh', help='an extra rewrites file (the format of query_router/rewrites.json) whose every variant is reported apart, as "fresh" (blind the first time it is run)')
     ap.add_argument('--n-tune-rewrites', type=int, default=200, help='LLMRouter: calibration-split requests rewritten (seen variants) to choose the margin rule')
     ap.add_argument('--no-canon', action='store_true')
     ap.add_argument('--canon-steps', help='canonicalisation steps (default: canonical.json\'s default_steps), e.g. without end_punctuation')
