@@ -96,10 +96,12 @@ _WORD = re.compile(r"(?<![\w@/\\.(\[{=<+$])(?<!\w['’])([A-Za-z]+)(?![\w@/\\()\
 _SENT_START = re.compile(r"(?:^|[.!?:;\n]\s*|[\"'“‘(\[]\s*)$")
 _ANYWORD = re.compile(r"[A-Za-z]{2,}")
 
+_TOKEN_HEAD, _TOKEN_TAIL = re.compile(r"\S*\Z"), re.compile(r"\S*") # the token around a word: up to any whitespace
+
 def _in_digit_token(t:str, m)->bool:
     "The word `m` is part of a token with a digit in it (`penta-1,3-diene`, `v2beta`): a formula or an identifier, not a misspelling."
-    a, b = t.rfind(' ', 0, m.start()) + 1, t.find(' ', m.end())
-    return any(c.isdigit() for c in t[a:len(t) if b < 0 else b])
+    a = max(0, m.start() - 64) # bounded work per word, however long the text
+    return any(c.isdigit() for c in _TOKEN_HEAD.search(t, a, m.start()).group() + _TOKEN_TAIL.match(t, m.end(), m.end() + 64).group())
 
 def _zipf(word:str, lang:str)->float:
     "How common `word` is on the web (wordfreq's Zipf scale: 3 is once per million words); names and terms score where typos do not."

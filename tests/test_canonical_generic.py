@@ -166,6 +166,13 @@ CODE_TABLE = '''def grade(gpa):
             > 3.3                A-
     """'''
 
+def test_digit_tokens_end_at_any_whitespace(spelling):
+    "A word is left alone inside a token with a digit; the token ends at a newline or a tab as at a space."
+    assert spelling('Use v2\nfucntion x.') == 'Use v2\nfunction x.'
+    assert spelling('Use v2\tfucntion x.') == 'Use v2\tfunction x.'
+    assert spelling('Heat penta-1,3-diene gently.') == 'Heat penta-1,3-diene gently.'
+    assert spelling('a' * 5000 + ' Wirte 2x') == 'a' * 5000 + ' Write 2x' # a long token does not slow or confuse it
+
 @pytest.mark.parametrize('text', [
     'You have transformed E. coli cells with pUC18 (pUC origin, AmpR). Do you expect this to be easy or difficult? How would you do this?',
     "What's the etiquette around bringing a plus-one to a wedding? When is it okay?",
