@@ -152,6 +152,8 @@ def bar_check(res:dict, cv:dict|None=None)->dict:
         out['routers'][r['router']] = {
             'q_at_50pct_sweep': q50, 'cost_rel_of_that_point': c50, 'calibrated_quality': r.get('cal_quality'), 'calibrated_cost_rel': r.get('cal_cost_rel'),
             'apgr': r.get('apgr'), 'aiq': r.get('aiq'),
+            **{f'{m}_se': r.get(f'{m}_se') for m in ('aiq', 'apgr', 'cal_quality') if r.get(f'{m}_se') is not None},
+            **{k: r[k] for k in r if k.startswith('p_aiq_above_')},
             'meets_0.600_at_50pct_calibrated': bool(r.get('cal_quality') is not None and r['cal_quality'] >= 0.600 and r['cal_cost_rel'] <= 0.5 + 1e-9),
             'meets_0.600_at_50pct_sweep': bool(q50 is not None and q50 >= 0.600),
             'meets_apgr_0.90': bool((r.get('apgr') or 0) >= 0.90), 'meets_aiq_0.60': bool((r.get('aiq') or 0) >= 0.60),
@@ -161,6 +163,11 @@ def bar_check(res:dict, cv:dict|None=None)->dict:
     out['simple_baselines_aiq'] = {k: v.get('aiq') for k, v in simple.items()}
     if cv: out['cv'] = {r['router']: {k: r.get(k) for k in ('aiq', 'aiq_sd', 'apgr', 'apgr_sd', 'q@50%', 'q@50%_sd', 'cal_quality', 'cal_quality_sd', 'cal_cost_rel', 'cal_cost_rel_sd', 'cal_spent_share')}
                         for r in cv['rows'] if not r.get('baseline') or r.get('simple_baseline')}
+    if res['meta'].get('bootstrap'):
+        bt = res['meta']['bootstrap']
+        out['bootstrap'] = bt
+        out['note_bootstrap'] = (f"`*_se`: standard errors from {bt['n']} bootstrap resamples of the test queries ({bt['how']}); `p_aiq_above_X`: the share of "
+                                 "the same resamples in which the router's AIQ beats X's (a paired test).")
     out['note'] = ('q_at_50pct_sweep is the best point of the utility curve (λ swept on the test split) within the budget, an upper bound; the calibrated point uses the λ '
                    'chosen on training data only (out-of-fold scores), the honest figure.')
     return out
@@ -173,7 +180,8 @@ def run(dataset, args, emb, work):
     t = time.time()
     spec = canon_spec(args.no_canon)
     warm_embeddings(emb, spec, tr, va, te)
-    res = compare(factories(names, emb, spec), tr, te, va, budgets=(0.5, 0.12), embedder=emb, n_latency=args.n_latency, calibration='cv', cal_folds=args.cal_folds, progress=False)
+    res = compare(factories(names, emb, spec), tr, te, va, budgets=(0.5, 0.12), embedder=emb, n_latency=args.n_latency, calibration='cv', cal_folds=args.cal_folds, progress=False,
+                  bootstrap=args.bootstrap if dataset == 'llmrouter' else 0)
     res['meta']['wall_s'] = round(time.time() - t, 1)
     res['meta']['lineup'] = {n: {'kind': LINEUP[n][0], 'options': LINEUP[n][1]} for n in names}
     res['meta']['canonicalize'] = canon_meta(spec)
@@ -239,9 +247,12 @@ def render(out):
     if 'bar' in out:
         b = out['bar']
         rows = [{'router': n, **v} for n, v in b['routers'].items()]
-        cols = ['router', 'q_at_50pct_sweep', 'calibrated_quality', 'calibrated_cost_rel', 'apgr', 'aiq', 'meets_0.600_at_50pct_calibrated', 'meets_0.600_at_50pct_sweep', 'meets_apgr_0.90', 'meets_aiq_0.60'] + \
-               [k for k in next(iter(b['routers'].values())) if k.startswith('aiq_above_')]
-        md += ['## The bars (LLMRouter test)', '', f"Best router by AIQ: **{b['best_by_aiq']}**; simple baselines' AIQ: {b['simple_baselines_aiq']}.", '', markdown_table(rows, cols), '', b['note'], '']
+        first = next(iter(b['routers'].values()))
+        cols = ['router', 'q_at_50pct_sweep', 'calibrated_quality', 'cal_quality_se', 'calibrated_cost_rel', 'apgr', 'apgr_se', 'aiq', 'aiq_se',
+                'meets_0.600_at_50pct_calibrated', 'meets_0.600_at_50pct_sweep', 'meets_apgr_0.90', 'meets_aiq_0.60'] + \
+               [k for k in first if k.startswith('aiq_above_') or k.startswith('p_aiq_above_')]
+        cols = [c for c in cols if c in first or not c.endswith('_se')]
+        md += ['## The bars (LLMRouter test)', '', f"Best router by AIQ: **{b['best_by_aiq']}**; simple baselines' AIQ: {b['simple_baselines_aiq']}.", '', markdown_table(rows, cols), '', b['note'], *( [b['note_bootstrap']] if b.get('note_bootstrap') else []), '']
     (RESULTS/'compare.md').write_text('\n'.join(md))
     print('\n'.join(md))
 
@@ -255,6 +266,7 @@ def main():
     p.add_argument('--folds', type=int, default=5, help='k of the cross-validation on LLMRouter train')
     p.add_argument('--cal-folds', type=int, default=5, help='folds of the out-of-fold calibration')
     p.add_argument('--n-latency', type=int, default=100)
+    p.add_argument('--bootstrap', type=int, default=1000, help='resamples of the LLMRouter test queries (within each task) for standard errors and paired tests (0: none)')
     p.add_argument('--no-canon', action='store_true', help="fit and score the text as it is (default: canonicalise as `query-router build` does, the package's rules)")
     p.add_argument('--merge', action='store_true', help="keep the routers of the part's earlier result that this run leaves out (same data, folds, seed)")
     p.add_argument('--render', action='store_true', help='only collect the parts into compare.json and rewrite the Markdown and PNGs')

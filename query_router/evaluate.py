@@ -14,15 +14,16 @@ from .data import *
 from .router import *
 
 # %% auto #0
-__all__ = ['COST_UNITS', 'SIMPLE_BASELINES', 'EXTRA_ROUTERS', 'label_index', 'outcome_matrix', 'cost_array', 'route_value',
-           'mean_costs', 'decide_costs', 'confusion', 'tier_metrics', 'param_grid', 'sweep', 'upper_hull', 'aiq',
-           'pgr_curve', 'apgr', 'cpt', 'pair_metrics', 'calibrate', 'score_data', 'oof_scores', 'calibrate_cv',
-           'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes', 'router_bytes',
-           'embedder_bytes', 'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis', 'GroupRouter',
-           'score_report', 'baseline_rows', 'Comparison', 'compare', 'markdown_table', 'report_markdown', 'plot_curves',
-           'plot_confusions', 'write_report', 'default_routers', 'has_module', 'extra_routers', 'load_eval_data',
-           'evaluate_cli', 'calibrate_artifact', 'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter',
-           'LengthRouter', 'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
+__all__ = ['COST_UNITS', 'SIMPLE_BASELINES', 'BOOT_METRICS', 'EXTRA_ROUTERS', 'label_index', 'outcome_matrix', 'cost_array',
+           'route_value', 'mean_costs', 'decide_costs', 'confusion', 'tier_metrics', 'param_grid', 'sweep',
+           'upper_hull', 'aiq', 'pgr_curve', 'apgr', 'cpt', 'pair_metrics', 'calibrate', 'score_data', 'oof_scores',
+           'calibrate_cv', 'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes',
+           'router_bytes', 'embedder_bytes', 'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis',
+           'GroupRouter', 'score_report', 'baseline_rows', 'bootstrap_draws', 'bootstrap_summary', 'Comparison',
+           'compare', 'markdown_table', 'report_markdown', 'plot_curves', 'plot_confusions', 'write_report',
+           'default_routers', 'has_module', 'extra_routers', 'load_eval_data', 'evaluate_cli', 'calibrate_artifact',
+           'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter', 'LengthRouter', 'fit_knn', 'EnsembleRouter',
+           'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
 
 # %% ../nbs/08_evaluate.ipynb #27f04a1a
 def label_index(data:RoutingData)->np.ndarray:
@@ -494,6 +495,47 @@ def baseline_rows(outcomes:np.ndarray, costs, targets:list, ref:int, pair:tuple,
     rows.append(orow); curves['oracle'] = sw
     return rows, curves
 
+# %% ../nbs/08_evaluate.ipynb #f185560e
+BOOT_METRICS = ('aiq', 'q@budget', 'apgr', 'cal_quality', 'cal_cost_rel')
+
+def bootstrap_draws(scores:np.ndarray, # router scores on the test queries (n, targets)
+                    outcomes:np.ndarray, # their quality matrix
+                    costs, # per target (targets,) or per query (n, targets): what routes are charged
+                    ref:int, pair:tuple, # the reference (best single) candidate, and the (weak, strong) pair of APGR
+                    budget:float=0.5, # `q@budget`: the best quality of the curve within this share of the reference's cost
+                    cal_param:float|None=None, # a calibrated λ: its quality and spend are resampled too
+                    policy_costs=None, # per-target costs the policy weighs (default: the means of `costs`)
+                    groups=None, # resample within each group (the split's design), or across all queries when None
+                    n:int=500, seed:int=0)->pd.DataFrame:
+    "One row per bootstrap resample of the test queries: AIQ, `q@budget`, APGR and the calibrated point, measured as `score_report` measures them."
+    costs = cost_array(costs, *outcomes.shape); cm = mean_costs(costs)
+    pc = cm if policy_costs is None else np.asarray(policy_costs, dtype=float)
+    lo, hi = cm.min(), cm.max()
+    costs = np.broadcast_to(costs, outcomes.shape) # one row per query
+    ch = np.stack([decide_costs(scores, 'utility', float(p), pc) for p in param_grid('utility')]) # (params, n): the routes at each λ
+    V, C = np.take_along_axis(outcomes, ch.T, 1).T, np.take_along_axis(costs, ch.T, 1).T
+    cal = None if cal_param is None else decide_costs(scores, 'utility', float(cal_param), pc)
+    pref, w, s = scores[:, pair[1]] - scores[:, pair[0]], outcomes[:, pair[0]], outcomes[:, pair[1]]
+    rng = np.random.default_rng(seed)
+    parts = [np.arange(len(outcomes))] if groups is None else [np.flatnonzero(np.asarray(groups) == g) for g in dict.fromkeys(groups)]
+    rows = []
+    for _ in range(n):
+        i = np.concatenate([rng.choice(p, len(p)) for p in parts])
+        q, c, rc = V[:, i].mean(1), C[:, i].mean(1), costs[i, ref].mean()
+        ok = c <= budget * rc + 1e-12
+        try: a = apgr(*pgr_curve(pref[i], w[i], s[i]))
+        except ValueError: a = np.nan # the strong model does not beat the weak one on this resample
+        r = {'aiq': aiq(c, q, lo, hi), 'q@budget': float(q[ok].max()) if ok.any() else np.nan, 'apgr': a}
+        if cal is not None: r.update(cal_quality=float(outcomes[i, cal[i]].mean()), cal_cost_rel=float(costs[i, cal[i]].mean() / rc))
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+def bootstrap_summary(draws:pd.DataFrame, level:float=0.9)->dict:
+    "Standard error and central `level` interval of each figure of `bootstrap_draws`."
+    a = (1 - level) / 2
+    return {m: {'se': float(draws[m].std()), 'lo': float(draws[m].quantile(a)), 'hi': float(draws[m].quantile(1 - a))}
+            for m in draws.columns if draws[m].notna().any()}
+
 # %% ../nbs/08_evaluate.ipynb #0714356d
 class Comparison(dict):
     "`compare`'s JSON-ready result (meta, rows, confusions, curves), with the fitted routers and their test scores as attributes."
@@ -515,6 +557,23 @@ def _calibrate_router(name, spec, fitted, full, valid, calibration, cal_folds, c
         return cal
     return None
 
+def _bootstrap_rows(rows, scores, O, M, ref, pair, budget, pc, groups, n, seed, simple, meta):
+    "Add to each router's row its figures' standard errors and 90% intervals, and the share of resamples in which its AIQ beats each simple baseline's."
+    draws = {}
+    for row in rows:
+        name = row['router']
+        if name not in scores: continue
+        draws[name] = d = bootstrap_draws(scores[name], O, M, ref, pair, budget, row.get('cal_param'), pc, groups, n, seed)
+        for m, v in bootstrap_summary(d).items():
+            key = {'q@budget': f'q@{budget:.0%}'}.get(m, m)
+            row.update({f'{key}_se': v['se'], f'{key}_lo': v['lo'], f'{key}_hi': v['hi']})
+    for row in rows:
+        if row['router'] in draws and row['router'] not in simple:
+            for b in simple:
+                if b in draws: row[f'p_aiq_above_{b}'] = float((draws[row['router']]['aiq'] > draws[b]['aiq']).mean())
+    meta['bootstrap'] = {'n': n, 'seed': seed, 'how': 'test queries resampled with replacement ' + ('within each task' if groups is not None else 'across the split'),
+                         'interval': 0.9, 'paired': 'the same resamples for every router'}
+
 def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> Router`
             train:RoutingData, test:RoutingData|None=None, # test: None with `folds`
             valid:RoutingData|None=None, # more training data ('cv'), or the calibration split ('holdout')
@@ -532,6 +591,7 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
             cv_how:str='random', # 'random' or 'grouped' folds, for the calibration and for `folds`
             baselines:bool=True, # add the task-only and length-only routers
             folds:int|None=None, # k-fold cross-validation on `train` (+ `valid`) instead of a test split
+            bootstrap:int=0, # resamples of the test queries (within each task) for standard errors, 90% intervals and paired tests (0: none)
            )->Comparison:
     "Train, calibrate and measure each router and the baselines on the same splits; a JSON-ready dict with the fitted routers and test scores as attributes."
     if calibration not in ('cv', 'holdout', None): raise ValueError(f"calibration must be 'cv', 'holdout' or None, not {calibration!r}")
@@ -626,6 +686,7 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
         for row in rows:
             if row['router'] in lat: row.update({k: v for k, v in lat[row['router']].items() if k != 'n'})
     rows = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows] # strict JSON: no NaN
+    if bootstrap and scores: _bootstrap_rows(rows, scores, O, M, ref, pair, budgets[0], pc, test.groups, bootstrap, seed, simple, meta)
     meta['vs_baselines'] = _vs_baselines(rows, simple)
     res = Comparison(meta=meta, rows=rows, confusions=confusions,
                      curves={k: {c: v[c].round(6).tolist() for c in ('param', 'quality', 'cost')} for k, v in curves.items()})

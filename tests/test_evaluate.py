@@ -158,6 +158,21 @@ def test_compare_carries_baselines_calibrated_points_and_returns_routers(default
     assert vs['best_router'] == 'tfidf' and 'task-only_aiq' in vs and 'length-only_aiq' in vs
     json.dumps(res) # still plain JSON
 
+def test_compare_bootstrap_gives_standard_errors_and_paired_tests(default_data):
+    small = default_data.subset(range(400))
+    a, b, c = split_data(small, 'random')
+    res = compare({'tfidf': lambda d: TfidfRouter(max_features=5000).fit(d)}, a, c, valid=b, n_latency=0, progress=False, cal_folds=2, bootstrap=100)
+    rows = {r['router']: r for r in res['rows']}
+    t = rows['tfidf']
+    for m in ('aiq', 'apgr', 'q@50%', 'cal_quality'):
+        assert t[f'{m}_se'] > 0 and t[f'{m}_lo'] <= t[m] <= t[f'{m}_hi'], (m, t[f'{m}_lo'], t[m], t[f'{m}_hi'])
+    assert 0 <= t['p_aiq_above_task-only'] <= 1 and 'p_aiq_above_length-only' in t
+    assert rows['length-only']['aiq_se'] > 0 and 'p_aiq_above_task-only' not in rows['length-only'] # baselines get errors, not tests against each other
+    assert res['meta']['bootstrap']['n'] == 100 and 'within each task' in res['meta']['bootstrap']['how']
+    d = bootstrap_draws(res.scores['tfidf'], res.outcomes, res.costs, 0, (0, 3), n=100, groups=c.groups) # the same seed: the row's figures come from these draws
+    assert d['aiq'].std() == pytest.approx(t['aiq_se'])
+    json.dumps(res)
+
 def test_group_router_knows_only_the_task():
     d = load_routing_data(pd.DataFrame({'prompt': list('abcdef'), 'task': ['x', 'x', 'x', 'y', 'y', 'z'], 'm1': [1, 1, 0, 0, 0, 1], 'm2': [1, 1, 1, 1, 1, 0]}),
                           [Candidate('m1', 7, .1, .1), Candidate('m2', 70, 1, 1)])
