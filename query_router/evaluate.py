@@ -20,10 +20,10 @@ __all__ = ['COST_UNITS', 'SIMPLE_BASELINES', 'BOOT_METRICS', 'EXTRA_ROUTERS', 'l
            'calibrate_cv', 'save_calibration', 'cache_root', 'CachedEmbedder', 'no_cache', 'folder_bytes',
            'router_bytes', 'embedder_bytes', 'latencies', 'latency', 'concat_data', 'best_single', 'cost_basis',
            'GroupRouter', 'score_report', 'baseline_rows', 'bootstrap_draws', 'bootstrap_summary', 'Comparison',
-           'compare', 'markdown_table', 'report_markdown', 'plot_curves', 'plot_confusions', 'write_report',
-           'default_routers', 'has_module', 'extra_routers', 'load_eval_data', 'evaluate_cli', 'calibrate_artifact',
-           'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter', 'LengthRouter', 'fit_knn', 'EnsembleRouter',
-           'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
+           'task_oracle_scores', 'compare', 'markdown_table', 'report_markdown', 'plot_curves', 'plot_confusions',
+           'write_report', 'default_routers', 'has_module', 'extra_routers', 'load_eval_data', 'evaluate_cli',
+           'calibrate_artifact', 'calibrate_cli', 'SklearnRouter', 'LogRegRouter', 'TfidfRouter', 'LengthRouter',
+           'fit_knn', 'EnsembleRouter', 'LinearRouter', 'HybridRouter', 'MemoryKNNRouter', 'MFRouter']
 
 # %% ../nbs/08_evaluate.ipynb #27f04a1a
 def label_index(data:RoutingData)->np.ndarray:
@@ -557,6 +557,12 @@ def _calibrate_router(name, spec, fitted, full, valid, calibration, cal_folds, c
         return cal
     return None
 
+def task_oracle_scores(outcomes:np.ndarray, groups)->np.ndarray:
+    "Each query scored with its group's mean outcomes on the same queries: what a router that knew each test task's results, and nothing about the query, would score."
+    g = np.asarray(groups); S = np.empty_like(outcomes, dtype=float)
+    for v in dict.fromkeys(g): S[g == v] = outcomes[g == v].mean(0)
+    return S
+
 def _bootstrap_rows(rows, scores, O, M, ref, pair, budget, pc, groups, n, seed, simple, meta):
     "Add to each router's row its figures' standard errors and 90% intervals, and the share of resamples in which its AIQ beats each simple baseline's."
     draws = {}
@@ -643,6 +649,9 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
         meta['embedding'] = {'model': str(getattr(embedder, 'name', '')), 'queries': len(qs), 'embedded_now': new, 'seconds': round(time.perf_counter() - t, 2)}
         if hasattr(embedder, 'save'): embedder.save()
     rows, curves = baseline_rows(O, M, targets, ref, pair, budgets, tiers)
+    if test.groups is not None and len(set(test.groups)) > 1: # the ceiling of routing by task: each task's mean outcomes on the test split itself
+        rep, curves['task oracle'] = score_report(task_oracle_scores(O, test.groups), O, M, ref, pair, budgets, tiers, policy_costs=pc)
+        rows.append({'router': 'task oracle', 'baseline': True, **rep})
     confusions, fitted, scores = {}, {}, {}
     if tiers is not None: confusions['oracle'] = confusion(tiers, decide(O), len(targets)).tolist()
     it = routers.items()

@@ -153,6 +153,11 @@ def test_compare_carries_baselines_calibrated_points_and_returns_routers(default
     assert t['cal_budget'] == 0.5 and t['cal_train_cost_rel'] <= 0.5 + 1e-9 and t['cal_cost_rel'] is not None and t['cal_method'] == '2-fold out-of-fold'
     assert res['meta']['calibration']['chosen_on'] == 'training data only' and res['meta']['calibration']['n'] == len(a) + len(b)
     assert set(res.routers) == {'tfidf', 'task-only', 'length-only'}
+    to = next(r for r in res['rows'] if r['router'] == 'task oracle') # the ceiling of routing by task, from the test split's own task means
+    assert to['baseline'] and to['aiq'] >= rows['task-only']['aiq'] - 1e-9 and 'task oracle' in res['curves']
+    S = task_oracle_scores(res.outcomes, c.groups)
+    g = np.asarray(c.groups)
+    assert np.allclose(S[g == g[0]], res.outcomes[g == g[0]].mean(0))
     assert np.allclose(res.scores['tfidf'], res.routers['tfidf'].score_batch(c.queries)) and res.costs.shape == (len(c), 4)
     vs = res['meta']['vs_baselines']
     assert vs['best_router'] == 'tfidf' and 'task-only_aiq' in vs and 'length-only_aiq' in vs
