@@ -508,6 +508,8 @@ def bootstrap_draws(scores:np.ndarray, # router scores on the test queries (n, t
                     groups=None, # resample within each group (the split's design), or across all queries when None
                     n:int=500, seed:int=0)->pd.DataFrame:
     "One row per bootstrap resample of the test queries: AIQ, `q@budget`, APGR and the calibrated point, measured as `score_report` measures them."
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2: raise ValueError(f"bootstrap needs at least 2 resamples, not {n!r}")
+    if groups is not None and len(groups) != len(outcomes): raise ValueError(f"groups has {len(groups)} entries for {len(outcomes)} test queries")
     costs = cost_array(costs, *outcomes.shape); cm = mean_costs(costs)
     pc = cm if policy_costs is None else np.asarray(policy_costs, dtype=float)
     lo, hi = cm.min(), cm.max()
@@ -601,6 +603,7 @@ def compare(routers:dict, # name -> fitted `Router`, or factory `train_data -> R
            )->Comparison:
     "Train, calibrate and measure each router and the baselines on the same splits; a JSON-ready dict with the fitted routers and test scores as attributes."
     if calibration not in ('cv', 'holdout', None): raise ValueError(f"calibration must be 'cv', 'holdout' or None, not {calibration!r}")
+    if bootstrap and (isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 2): raise ValueError(f"bootstrap needs at least 2 resamples (or 0: none), not {bootstrap!r}") # before any router is fitted
     if folds: return _compare_folds(routers, train if valid is None else concat_data(train, valid), test, folds, budgets=budgets, pair=pair, embedder=embedder,
                                     n_latency=n_latency, no_calibration=no_calibration, seed=seed, progress=progress, calibration=calibration,
                                     cal_folds=cal_folds, cv_how=cv_how, baselines=baselines, cal_frac=cal_frac, refit=refit)

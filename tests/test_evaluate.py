@@ -177,6 +177,7 @@ def test_compare_bootstrap_gives_standard_errors_and_paired_tests(default_data):
     d = bootstrap_draws(res.scores['tfidf'], res.outcomes, res.costs, 0, (0, 3), n=100, groups=c.groups) # the same seed: the row's figures come from these draws
     assert d['aiq'].std() == pytest.approx(t['aiq_se'])
     json.dumps(res)
+    with pytest.raises(ValueError, match='at least 2 resamples'): compare({'length': lambda d: LengthRouter().fit(d)}, a, c, n_latency=0, progress=False, calibration=None, bootstrap=1)
 
 def test_group_router_knows_only_the_task():
     d = load_routing_data(pd.DataFrame({'prompt': list('abcdef'), 'task': ['x', 'x', 'x', 'y', 'y', 'z'], 'm1': [1, 1, 0, 0, 0, 1], 'm2': [1, 1, 1, 1, 1, 0]}),
